@@ -1,0 +1,25 @@
+"""Market data: embedded dataset, CSV and Yahoo Finance loaders, validation, atomic writes.
+
+Prices are date-indexed DataFrames, one column per asset (prices, not returns).
+"""
+
+from __future__ import annotations
+
+from portfolio_layers.data.atomic import atomic_write_bytes, atomic_write_text
+from portfolio_layers.data.loaders import EMBEDDED_DATASETS, load_embedded, load_prices, slice_dates
+from portfolio_layers.data.validation import MISSING_OPTIONS, validate_prices
+from portfolio_layers.data.yahoo import CACHE_ENV, default_cache_dir, download_prices
+
+__all__ = [
+    "CACHE_ENV",
+    "EMBEDDED_DATASETS",
+    "MISSING_OPTIONS",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "default_cache_dir",
+    "download_prices",
+    "load_embedded",
+    "load_prices",
+    "slice_dates",
+    "validate_prices",
+]

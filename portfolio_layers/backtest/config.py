@@ -1,0 +1,243 @@
+"""Backtest configuration: a frozen dataclass read from TOML, with CLI overrides; unknown keys are an error.
+
+Example ``backtests/configs/default.toml``::
+
+    prices = "sp500"
+    start = "2012-01-01"
+    strategies = ["equal_weight", "inverse_volatility", "min_variance", "mean_variance"]
+    lookback = 252
+    rebalance = 21
+    cost_bps = 10.0
+    max_weight = 0.25
+
+    [params.mean_variance]
+    risk_aversion = 5.0
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import math
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from portfolio_layers.errors import ConfigError
+
+WINDOWS = ("rolling", "expanding")
+MISSING = ("raise", "ffill", "drop")
+DEFAULT_STRATEGIES = ("equal_weight", "inverse_volatility", "min_variance", "mean_variance")
+
+
+@dataclass(frozen=True)
+class BacktestConfig:
+    """Everything that defines a walk-forward backtest run.
+
+    Attributes
+    ----------
+    prices : str
+        Embedded dataset name (``"sp500"``) or CSV path.
+    start, end : str or None
+        Keep price rows with ``start <= date <= end``; the first trade is ``lookback`` rows after the first kept row.
+    strategies : tuple of str
+        Registry names (see :func:`portfolio_layers.backtest.strategies.available_strategies`).
+    lookback : int
+        ``L``: at a rebalance row t a strategy sees price rows ``t-L .. t``.
+    rebalance : int
+        ``k``: rebalance rows are ``L, L+k, L+2k, ...``.
+    retrain_every : int
+        Rows between two ``fit`` calls of a learning strategy (first fit at the first rebalance).
+    train_window : int
+        Price rows in the rolling training window ending at the rebalance row (``window="rolling"``).
+    window : {"rolling", "expanding"}
+        Rolling window of ``train_window`` rows, or every row from the first up to the rebalance row.
+    cost_bps : float
+        Proportional cost in basis points of turnover.
+    max_weight : float or None
+        Per-asset cap passed to the strategies that accept ``max_weight`` (unless set in their params).
+    benchmark : str or None
+        Strategy the others are compared with (Sharpe-difference test), if it is among ``strategies``.
+    seed : int
+        Passed to the strategies that accept ``seed``.
+    missing : {"raise", "ffill", "drop"}
+        Missing-price policy.
+    params : dict
+        Per-strategy keyword arguments, ``{strategy_name: {param: value}}`` (TOML tables ``[params.NAME]``).
+    """
+
+    prices: str = "sp500"
+    start: str | None = None
+    end: str | None = None
+    strategies: tuple[str, ...] = DEFAULT_STRATEGIES
+    lookback: int = 252
+    rebalance: int = 21
+    retrain_every: int = 252
+    train_window: int = 756
+    window: str = "rolling"
+    cost_bps: float = 10.0
+    max_weight: float | None = None
+    benchmark: str | None = "equal_weight"
+    seed: int = 0
+    missing: str = "raise"
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        for name in ("lookback", "rebalance", "retrain_every", "train_window", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"config key {name!r} must be an integer, got {value!r}.")
+        for name, low in (("lookback", 2), ("rebalance", 1), ("retrain_every", 1), ("train_window", 2)):
+            if getattr(self, name) < low:
+                raise ConfigError(f"config key {name!r} must be >= {low}, got {getattr(self, name)}.")
+        if isinstance(self.cost_bps, bool) or not isinstance(self.cost_bps, int | float):
+            raise ConfigError(f"config key 'cost_bps' must be a number, got {self.cost_bps!r}.")
+        if not math.isfinite(self.cost_bps) or self.cost_bps < 0:
+            raise ConfigError(f"config key 'cost_bps' must be a finite number >= 0, got {self.cost_bps}.")
+        set_(self, "cost_bps", float(self.cost_bps))
+        if self.max_weight is not None:
+            if isinstance(self.max_weight, bool) or not isinstance(self.max_weight, int | float):
+                raise ConfigError(f"config key 'max_weight' must be a number, got {self.max_weight!r}.")
+            if not 0 < self.max_weight <= 1:
+                raise ConfigError(f"config key 'max_weight' must be in (0, 1], got {self.max_weight}.")
+            set_(self, "max_weight", float(self.max_weight))
+        if self.window not in WINDOWS:
+            raise ConfigError(f"config key 'window' must be one of {WINDOWS}, got {self.window!r}.")
+        if self.missing not in MISSING:
+            raise ConfigError(f"config key 'missing' must be one of {MISSING}, got {self.missing!r}.")
+        if not isinstance(self.prices, str) or not self.prices:
+            raise ConfigError(f"config key 'prices' must be a dataset name or CSV path, got {self.prices!r}.")
+        for name in ("start", "end"):
+            value = getattr(self, name)
+            if isinstance(value, _dt.date):
+                set_(self, name, value.isoformat())
+            elif value is not None and not isinstance(value, str):
+                raise ConfigError(f"config key {name!r} must be a date like '2015-01-31', got {value!r}.")
+        strategies = self.strategies
+        if isinstance(strategies, str):
+            strategies = tuple(s.strip() for s in strategies.split(",") if s.strip())
+        strategies = tuple(strategies)
+        if not strategies or not all(isinstance(s, str) and s for s in strategies):
+            raise ConfigError(
+                f"config key 'strategies' must be a non-empty list of names, got {self.strategies!r}."
+            )
+        if len(set(strategies)) != len(strategies):
+            raise ConfigError(f"config key 'strategies' lists a strategy twice: {list(strategies)}.")
+        set_(self, "strategies", strategies)
+        if not isinstance(self.params, Mapping) or not all(
+            isinstance(v, Mapping) for v in self.params.values()
+        ):
+            raise ConfigError("config key 'params' must be tables [params.<strategy>] of keyword arguments.")
+        unknown = sorted(set(self.params) - set(strategies))
+        if unknown:
+            raise ConfigError(
+                f"[params.{unknown[0]}] is given but {unknown[0]!r} is not in strategies {list(strategies)}; "
+                "add it to strategies or remove the table."
+            )
+        set_(self, "params", {k: dict(v) for k, v in self.params.items()})
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str = "config") -> BacktestConfig:
+        """Build from a mapping (a parsed TOML file); unknown keys raise :class:`ConfigError`."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(
+                f"{source}: unknown key(s) {unknown}; valid keys are {sorted(known)} "
+                "(per-strategy options go in tables [params.<strategy>])."
+            )
+        return cls(**dict(data))
+
+    @classmethod
+    def from_toml(cls, path: str | os.PathLike[str]) -> BacktestConfig:
+        """Read a TOML file (see the module docstring); unknown keys raise :class:`ConfigError`."""
+        path = Path(path)
+        try:
+            with path.open("rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file {path} not found; see backtests/configs/ for examples.") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}.") from exc
+        return cls.from_dict(data, source=str(path))
+
+    def override(self, **changes: Any) -> BacktestConfig:
+        """Copy with the given fields replaced; ``None`` values mean "not given" and are skipped."""
+        changes = {k: v for k, v in changes.items() if v is not None}
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise ConfigError(f"unknown config key(s) {unknown}; valid keys are {sorted(known)}.")
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain mapping (``None`` fields omitted), inverse of :meth:`from_dict`."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                continue
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    def to_toml(self) -> str:
+        """TOML text that :meth:`from_toml` reads back to an equal config."""
+        lines: list[str] = []
+        data = self.to_dict()
+        params = data.pop("params", {})
+        for key, value in data.items():
+            lines.append(f"{key} = {_toml_value(value, key)}")
+        for name, table in params.items():
+            lines.append("")
+            lines.append(f"[params.{_toml_key(name)}]")
+            for key, value in table.items():
+                lines.append(f"{_toml_key(key)} = {_toml_value(value, f'params.{name}.{key}')}")
+        return "\n".join(lines) + "\n"
+
+
+def default_config() -> BacktestConfig:
+    """The default run (``backtests/configs/default.toml``, used when that file is not found).
+
+    The embedded S&P 500 dataset from 2012-01-01 (first trade 252 rows later, early 2013, to 2022-12-28),
+    the four classical strategies, lookback 252, monthly (21-row) rebalance, 10 bps costs, a 25% cap per
+    asset, and risk aversion 5 for mean-variance.
+    """
+    return BacktestConfig(
+        prices="sp500",
+        start="2012-01-01",
+        strategies=DEFAULT_STRATEGIES,
+        lookback=252,
+        rebalance=21,
+        cost_bps=10.0,
+        max_weight=0.25,
+        benchmark="equal_weight",
+        params={"mean_variance": {"risk_aversion": 5.0}},
+    )
+
+
+def _toml_key(key: str) -> str:
+    return key if key.replace("_", "").replace("-", "").isalnum() else json.dumps(key)
+
+
+def _toml_value(value: Any, where: str) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # JSON string escapes are valid TOML basic-string escapes
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v, where) for v in value) + "]"
+    raise ConfigError(f"cannot write {where} = {value!r} to TOML (type {type(value).__name__}).")
+
+
+__all__ = ["DEFAULT_STRATEGIES", "BacktestConfig", "default_config"]

@@ -1,0 +1,279 @@
+"""The walk-forward engine: one generic loop for every strategy (see :mod:`portfolio_layers.backtest.splits`).
+
+Protocol, for price rows ``0 .. T-1`` with simple returns ``R[s] = p[s] / p[s-1] - 1``:
+
+1. At each rebalance row t (``L, L+k, ...``) a learning strategy is first re-trained when due
+   (``fit(prices[train])``, rows ending at t), then ``weights(prices[t-L .. t], h^-)`` gives the target ``w_t``;
+   ``h^-`` are the drifted weights just before the trade (zeros before the first trade).
+2. Turnover ``tau_t = sum_i |w_t,i - h^-_i|`` costs ``c_t = cost_bps / 1e4 * tau_t``, subtracted from the return
+   of row t+1.
+3. From ``h[t] = w_t`` the weights drift: ``r[s] = sum_i h[s-1,i] R[s,i]``,
+   ``h[s,i] = h[s-1,i] (1 + R[s,i]) / (1 + r[s])`` until the next rebalance.
+
+Strategies only ever receive ``prices.iloc[view]`` or ``prices.iloc[train]``, slices that end at row t.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from portfolio_layers.backtest.config import BacktestConfig
+from portfolio_layers.backtest.metrics import METRIC_NAMES, compute_metrics, drawdowns, sharpe_difference_test
+from portfolio_layers.backtest.splits import Step, walk_forward
+from portfolio_layers.backtest.strategies import Strategy, make_strategy, strategy_parameters
+from portfolio_layers.data.loaders import slice_dates
+from portfolio_layers.data.validation import validate_prices
+from portfolio_layers.errors import ConfigError, InputError
+
+logger = logging.getLogger(__name__)
+
+#: Largest accepted ``|sum(w) - 1|`` of the weights a strategy returns (they are then divided by their sum).
+SUM_TOLERANCE = 1e-4
+
+
+@dataclass(frozen=True)
+class BacktestResult:
+    """Outcome of :func:`run_backtest`, one column (or key) per strategy.
+
+    Attributes
+    ----------
+    returns : DataFrame of shape (N, S)
+        Net daily returns of rows ``L+1 .. T-1`` (dates as index).
+    gross_returns : DataFrame of shape (N, S)
+        Daily returns before costs.
+    weights : dict of str to DataFrame of shape (K, n)
+        Target weights ``w_t`` by rebalance date.
+    turnover : DataFrame of shape (K, S)
+        ``tau_t`` by rebalance date (the first one is the initial purchase from cash).
+    metrics : DataFrame of shape (S, 7)
+        Columns :data:`~portfolio_layers.backtest.metrics.METRIC_NAMES`.
+    config : BacktestConfig
+        The configuration that was run.
+    fit_dates : DatetimeIndex
+        Rebalance dates at which ``fit`` was called (the same for every strategy).
+    diagnostics : dict of str to dict of str to DataFrame
+        ``strategy.diagnostics()`` for the strategies that offer it.
+    seconds : dict of str to float
+        Wall time of each strategy's loop.
+    """
+
+    returns: pd.DataFrame
+    gross_returns: pd.DataFrame
+    weights: dict[str, pd.DataFrame]
+    turnover: pd.DataFrame
+    metrics: pd.DataFrame
+    config: BacktestConfig
+    fit_dates: pd.DatetimeIndex
+    diagnostics: dict[str, dict[str, pd.DataFrame]] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def strategies(self) -> list[str]:
+        """Strategy names in run order."""
+        return list(self.returns.columns)
+
+    def wealth(self) -> pd.DataFrame:
+        """Cumulative wealth ``cumprod(1 + r)`` of the net returns, shape (N, S), starting from 1."""
+        return (1.0 + self.returns).cumprod()
+
+    def drawdowns(self) -> pd.DataFrame:
+        """Drawdown from the running peak of wealth, positive fractions, shape (N, S)."""
+        return self.returns.apply(lambda col: pd.Series(drawdowns(col.to_numpy()), index=col.index))
+
+    def sharpe_tests(self, benchmark: str | None = None) -> pd.DataFrame:
+        """Sharpe-difference test (Jobson-Korkie with Memmel's correction) of each strategy vs ``benchmark``.
+
+        Parameters
+        ----------
+        benchmark : str, optional
+            A strategy of this result; default ``config.benchmark``.
+
+        Returns
+        -------
+        DataFrame of shape (S - 1, 4)
+            Index strategy, columns ``sharpe``, ``sharpe_difference``, ``z``, ``p_value``.
+        """
+        benchmark = benchmark or self.config.benchmark
+        if benchmark not in self.returns.columns:
+            raise ConfigError(f"benchmark {benchmark!r} is not among the strategies {self.strategies}.")
+        rows = {}
+        for name in self.strategies:
+            if name == benchmark:
+                continue
+            test = sharpe_difference_test(self.returns[name], self.returns[benchmark])
+            rows[name] = {
+                "sharpe": test.sharpe_a,
+                "sharpe_difference": test.difference,
+                "z": test.z,
+                "p_value": test.p_value,
+            }
+        return pd.DataFrame.from_dict(
+            rows, orient="index", columns=["sharpe", "sharpe_difference", "z", "p_value"]
+        )
+
+    def to_html(self, path: str | os.PathLike[str]) -> None:
+        """Write a self-contained HTML report (see :func:`portfolio_layers.backtest.report.write_report`)."""
+        from portfolio_layers.backtest.report import write_report
+
+        write_report(self, path)
+
+    def save(self, out_dir: str | os.PathLike[str]) -> None:
+        """Write every output file into ``out_dir`` (see :func:`portfolio_layers.backtest.output.save_result`)."""
+        from portfolio_layers.backtest.output import save_result
+
+        save_result(self, out_dir)
+
+
+def build_strategy(name: str, config: BacktestConfig) -> Strategy:
+    """Strategy ``name`` with its ``[params.name]`` and, where it accepts them, ``max_weight`` and ``seed``."""
+    params: dict[str, Any] = dict(config.params.get(name, {}))
+    accepted = strategy_parameters(name) or ()
+    for key in ("max_weight", "seed"):
+        value = getattr(config, key)
+        if value is not None and key not in params and key in accepted:
+            params[key] = value
+    return make_strategy(name, **params)
+
+
+def _check_weights(w: Any, n: int, name: str, date: pd.Timestamp) -> np.ndarray:
+    w = np.asarray(w, dtype=np.float64)
+    if w.shape != (n,):
+        raise InputError(
+            f"strategy {name!r} returned weights of shape {w.shape} on {date.date()}; expected ({n},)."
+        )
+    if not np.isfinite(w).all():
+        raise InputError(f"strategy {name!r} returned non-finite weights on {date.date()}.")
+    if abs(w.sum() - 1.0) > SUM_TOLERANCE:
+        raise InputError(
+            f"strategy {name!r} returned weights summing to {w.sum():.6g} on {date.date()}; they must sum to 1 "
+            f"(within {SUM_TOLERANCE:g})."
+        )
+    return w / w.sum()
+
+
+def _simulate(
+    strategy: Strategy,
+    prices: pd.DataFrame,
+    R: np.ndarray,
+    steps: list[Step],
+    cost_bps: float,
+    progress: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Run one strategy through the schedule; returns gross and net returns (T,), weights (K, n), turnover (K,)."""
+    T, n = R.shape
+    gross = np.full(T, np.nan)
+    W = np.zeros((len(steps), n))
+    tau = np.zeros(len(steps))
+    h = np.zeros(n)
+    bar = tqdm(steps, desc=strategy.name, unit="rebalance", disable=not progress, file=sys.stderr, leave=True)
+    for i, step in enumerate(bar):
+        if step.train is not None:
+            strategy.fit(prices.iloc[step.train])
+        date = prices.index[step.t]
+        w = _check_weights(strategy.weights(prices.iloc[step.view], h.copy()), n, strategy.name, date)
+        W[i], tau[i] = w, np.abs(w - h).sum()
+        h = w.copy()
+        for s in range(step.hold.start, step.hold.stop):
+            r = float(h @ R[s])
+            if r <= -1.0:
+                raise InputError(
+                    f"strategy {strategy.name!r} lost all its wealth on {prices.index[s].date()}."
+                )
+            gross[s] = r
+            h = h * (1.0 + R[s]) / (1.0 + r)
+    net = gross.copy()
+    for step, t_i in zip(steps, tau, strict=True):
+        net[step.t + 1] -= cost_bps / 1e4 * t_i
+    return gross, net, W, tau
+
+
+def run_backtest(
+    prices: pd.DataFrame,
+    strategies: Sequence[str | Strategy] | None = None,
+    config: BacktestConfig | None = None,
+    *,
+    progress: bool = False,
+) -> BacktestResult:
+    """Walk-forward backtest of several strategies on the same prices and schedule.
+
+    Parameters
+    ----------
+    prices : DataFrame of shape (T, n)
+        Prices (not returns), dates as index, one column per asset; sliced to ``config.start .. config.end``.
+    strategies : sequence of str or Strategy, optional
+        Registry names (built with :func:`build_strategy`) or strategy objects; default ``config.strategies``.
+    config : BacktestConfig, optional
+        Protocol parameters; default ``BacktestConfig()``.
+    progress : bool
+        Show one progress bar per strategy on stderr.
+
+    Returns
+    -------
+    BacktestResult
+    """
+    config = config or BacktestConfig()
+    prices = validate_prices(prices, missing=config.missing)
+    prices = slice_dates(prices, start=config.start, end=config.end, min_rows=config.lookback + 2)
+    items = list(strategies) if strategies is not None else list(config.strategies)
+    built = [build_strategy(s, config) if isinstance(s, str) else s for s in items]
+    names = [s.name for s in built]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"strategy names must be unique, got {names}.")
+    if [s for s in items if isinstance(s, str)] != list(config.strategies) or len(built) != len(
+        config.strategies
+    ):
+        config = dataclasses.replace(
+            config, strategies=tuple(names), params={k: v for k, v in config.params.items() if k in names}
+        )
+    P = prices.to_numpy()
+    R = np.zeros_like(P)
+    R[1:] = P[1:] / P[:-1] - 1.0
+    steps = walk_forward(
+        len(prices),
+        config.lookback,
+        config.rebalance,
+        retrain_every=config.retrain_every,
+        train_window=config.train_window,
+        window=config.window,
+    )
+    dates = prices.index[[s.t for s in steps]]
+    held = prices.index[config.lookback + 1 :]
+    returns, gross_returns, turnover, weights, metrics, diagnostics, seconds = {}, {}, {}, {}, {}, {}, {}
+    for strategy in built:
+        tic = time.perf_counter()
+        gross, net, W, tau = _simulate(strategy, prices, R, steps, config.cost_bps, progress)
+        seconds[strategy.name] = time.perf_counter() - tic
+        logger.info("%s: %d rebalances in %.1fs", strategy.name, len(steps), seconds[strategy.name])
+        returns[strategy.name] = net[config.lookback + 1 :]
+        gross_returns[strategy.name] = gross[config.lookback + 1 :]
+        turnover[strategy.name] = tau
+        weights[strategy.name] = pd.DataFrame(W, index=dates, columns=prices.columns)
+        metrics[strategy.name] = compute_metrics(returns[strategy.name], tau)
+        diag = getattr(strategy, "diagnostics", None)
+        if callable(diag):
+            diagnostics[strategy.name] = dict(diag())
+    return BacktestResult(
+        returns=pd.DataFrame(returns, index=held),
+        gross_returns=pd.DataFrame(gross_returns, index=held),
+        weights=weights,
+        turnover=pd.DataFrame(turnover, index=dates),
+        metrics=pd.DataFrame.from_dict(metrics, orient="index", columns=list(METRIC_NAMES)),
+        config=config,
+        fit_dates=prices.index[[s.t for s in steps if s.train is not None]],
+        diagnostics=diagnostics,
+        seconds=seconds,
+    )
+
+
+__all__ = ["SUM_TOLERANCE", "BacktestResult", "build_strategy", "run_backtest"]
