@@ -1,0 +1,228 @@
+"""``DEQEncoder``: per-asset embeddings of a market-history window at the equilibrium of a mixing cell.
+
+Architecture (for ``x`` of shape (batch, T, n, F)):
+
+1. Temporal injection (per asset, shared weights): ``h_t = GELU(x_t W_in + b)`` for every day, then
+   exponentially weighted averages of ``h`` over the window with K learnable half-lives (initialized at
+   5, 20 and 60 days, the most recent day weighted most), concatenated and projected:
+   ``u = [ewma_1(h), ..., ewma_K(h)] W_u + b_u`` of shape (batch, n, d). Any T >= 1 works.
+2. Equilibrium cell, mixing across assets, with ``u`` injected at every iteration:
+   ``f(z) = tanh(c * (a_0 z W_0' + a_1 A(u) z W_1' + a_2 mean_n(z) W_2') + u)``, where ``A(u)`` is the
+   symmetric normalized similarity graph ``D^-1/2 exp(q q' / sqrt(d_k)) D^-1/2`` with ``q = u W_q``
+   (spectral norm exactly 1), ``mean_n`` averages over assets, ``a = softmax(learned logits)`` and
+   ``c = contraction < 1``. With ``norm="spectral"`` every ``||W_i||_2 <= 1``, so ``f`` is a
+   ``c``-contraction in the Frobenius norm of each batch element: contractive by construction.
+3. ``emb = LayerNorm(z*)``.
+
+Every step treats assets symmetrically, so the encoder is **permutation-equivariant across assets**:
+permuting the asset axis of ``x`` permutes the rows of ``emb`` the same way (tested), and any n works.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from portfolio_layers.deq.implicit import fixed_point
+from portfolio_layers.deq.solution import DEQSolution
+from portfolio_layers.deq.solvers import SolverLike
+from portfolio_layers.deq.stability import jacobian_penalty, normalize_linear
+from portfolio_layers.errors import ConfigError, NonFiniteError, ShapeError
+
+
+class TemporalInjection(nn.Module):
+    """Summarize the time axis per asset: ``x (batch, T, n, F) -> u (batch, n, d)`` (see module docstring)."""
+
+    def __init__(self, n_features: int, d_model: int, halflives: Sequence[float] = (5.0, 20.0, 60.0)) -> None:
+        super().__init__()
+        if len(halflives) < 1 or min(halflives) <= 0:
+            raise ConfigError(f"halflives must be a non-empty sequence of positive days, got {halflives}.")
+        self.inp = nn.Linear(n_features, d_model)
+        self.log_halflife = nn.Parameter(torch.log(torch.tensor([float(h) for h in halflives])))
+        self.out = nn.Linear(len(halflives) * d_model, d_model)
+
+    def pooling_weights(self, T: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+        """Tensor of shape (K, T): EWMA weights over the window, each row summing to one."""
+        lags = torch.arange(T - 1, -1, -1, dtype=dtype, device=device)  # 0 for the latest day
+        rate = math.log(2.0) / self.log_halflife.exp().to(dtype)
+        return torch.softmax(-rate[:, None] * lags[None, :], dim=-1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, T, n, _ = x.shape
+        h = nn.functional.gelu(self.inp(x))  # (B, T, n, d)
+        w = self.pooling_weights(T, x.dtype, x.device)
+        pooled = torch.einsum("kt,btnd->bnkd", w, h).reshape(B, n, -1)
+        return self.out(pooled)
+
+
+class MixingCell(nn.Module):
+    """The equilibrium map ``f(z; u)`` mixing assets (module docstring); ``z, u`` of shape (batch, n, d)."""
+
+    def __init__(
+        self, d_model: int, *, d_key: int = 16, contraction: float = 0.9, norm: str | None = "spectral"
+    ) -> None:
+        super().__init__()
+        if not 0.0 < contraction < 1.0:
+            raise ConfigError(f"contraction must be in (0, 1), got {contraction}.")
+        self.contraction = float(contraction)
+        self.self_map = normalize_linear(nn.Linear(d_model, d_model, bias=False), norm)
+        self.graph_map = normalize_linear(nn.Linear(d_model, d_model, bias=False), norm)
+        self.mean_map = normalize_linear(nn.Linear(d_model, d_model, bias=False), norm)
+        self.mix_logits = nn.Parameter(torch.zeros(3))
+        self.query = nn.Linear(d_model, d_key)
+
+    def graph(self, u: Tensor) -> Tensor:
+        """Tensor of shape (batch, n, n): symmetric normalized similarity of the assets' injections."""
+        q = self.query(u)
+        s = q @ q.transpose(-1, -2) / math.sqrt(q.shape[-1])
+        s = s - s.amax(dim=(-1, -2), keepdim=True).detach()  # a per-element constant keeps S symmetric
+        S = s.exp()
+        d = S.sum(-1).rsqrt()
+        return d.unsqueeze(-1) * S * d.unsqueeze(-2)
+
+    def prepare(self, u: Tensor) -> dict[str, Tensor]:
+        """Everything ``f`` needs that does not depend on ``z``, computed once per forward with autograd on.
+
+        Precomputing matters: the forward iterations of ``fixed_point`` run under ``no_grad``, so a weight
+        first materialized inside ``f`` (e.g. by ``parametrize.cached()``) would carry no gradient.
+        """
+        return {
+            "u": u,
+            "A": self.graph(u),
+            "a": torch.softmax(self.mix_logits, 0) * self.contraction,
+            "W0": self.self_map.weight,
+            "W1": self.graph_map.weight,
+            "W2": self.mean_map.weight,
+        }
+
+    @staticmethod
+    def step(z: Tensor, p: dict[str, Tensor]) -> Tensor:
+        """One application ``f(z)``; ``z`` of shape (batch, n, d), ``p`` from :meth:`prepare`."""
+        a = p["a"]
+        mixed = (
+            a[0] * (z @ p["W0"].T)
+            + a[1] * ((p["A"] @ z) @ p["W1"].T)
+            + a[2] * (z.mean(dim=-2, keepdim=True) @ p["W2"].T).expand_as(z)
+        )
+        return torch.tanh(mixed + p["u"])
+
+    def forward(self, z: Tensor, u: Tensor) -> Tensor:
+        """``f(z; u)`` for ``z, u`` of shape (batch, n, d) (recomputes the prepared tensors)."""
+        return self.step(z, self.prepare(u))
+
+
+class DEQEncoder(nn.Module):
+    """Deep-equilibrium encoder of a market-history window into per-asset embeddings.
+
+    Parameters
+    ----------
+    n_features : int
+        F, features per asset and day (e.g. ``len(FeatureSet.names)``).
+    d_model : int
+        d, size of the embeddings.
+    halflives : sequence of float
+        Initial half-lives (days) of the EWMA pooling over the window.
+    d_key : int
+        Size of the similarity keys of the asset graph.
+    contraction : float in (0, 1)
+        Lipschitz bound of the cell when ``norm="spectral"``.
+    norm : {"spectral", "weight", None}
+        Normalization of the cell's linear maps (only "spectral" guarantees contraction).
+    solver, tol, atol, max_iter, backward, backward_solver, backward_tol, backward_max_iter, damping
+        Passed to :func:`~portfolio_layers.deq.fixed_point`.
+    jacobian_samples : int
+        If > 0, ``DEQSolution.jacobian_loss`` carries a Hutchinson Jacobian penalty (training mode only).
+    throw : bool
+        Raise when the equilibrium is not reached (default False: the best iterate is used and the
+        per-element status is in the returned ``DEQSolution``).
+
+    Notes
+    -----
+    ``forward(x)`` takes ``x`` of shape (batch, T, n, F), finite (drop feature warm-up rows first), and
+    returns ``(emb, solution)`` with ``emb`` of shape (batch, n, d_model). Permutation-equivariant across
+    assets; any T and n.
+    """
+
+    def __init__(
+        self,
+        n_features: int,
+        d_model: int,
+        *,
+        halflives: Sequence[float] = (5.0, 20.0, 60.0),
+        d_key: int = 16,
+        contraction: float = 0.9,
+        norm: str | None = "spectral",
+        solver: SolverLike = "anderson",
+        tol: float = 1e-4,
+        atol: float = 1e-6,
+        max_iter: int = 30,
+        backward: str = "implicit",
+        backward_solver: SolverLike | None = None,
+        backward_tol: float | None = None,
+        backward_max_iter: int | None = None,
+        damping: float = 0.0,
+        jacobian_samples: int = 0,
+        throw: bool = False,
+    ) -> None:
+        super().__init__()
+        if n_features < 1 or d_model < 1:
+            raise ConfigError(f"n_features and d_model must be >= 1, got {n_features} and {d_model}.")
+        self.n_features, self.d_model = int(n_features), int(d_model)
+        self.inject = TemporalInjection(n_features, d_model, halflives)
+        self.cell = MixingCell(d_model, d_key=d_key, contraction=contraction, norm=norm)
+        self.out_norm = nn.LayerNorm(d_model)
+        self.solve_options = {
+            "solver": solver,
+            "tol": tol,
+            "atol": atol,
+            "max_iter": max_iter,
+            "backward": backward,
+            "backward_solver": backward_solver,
+            "backward_tol": backward_tol,
+            "backward_max_iter": backward_max_iter,
+            "damping": damping,
+            "throw": throw,
+        }
+        self.jacobian_samples = int(jacobian_samples)
+
+    def _check(self, x: Tensor) -> None:
+        if x.dim() != 4 or x.shape[-1] != self.n_features:
+            raise ShapeError(
+                f"DEQEncoder expects x of shape (batch, T, n, F={self.n_features}), got {tuple(x.shape)}; "
+                "add a batch dimension with x.unsqueeze(0) for a single window."
+            )
+        if min(x.shape[:3]) < 1:
+            raise ShapeError(f"DEQEncoder got an empty window of shape {tuple(x.shape)}.")
+        if not torch.isfinite(x).all():
+            raise NonFiniteError(
+                "DEQEncoder input holds NaN/inf: drop the feature warm-up rows (FeatureSet.warmup) first."
+            )
+
+    def forward(self, x: Tensor, **overrides: object) -> tuple[Tensor, DEQSolution]:
+        """Embed ``x`` of shape (batch, T, n, F) into ``emb`` of shape (batch, n, d_model).
+
+        ``overrides`` replace entries of the solver options for this call (``solver``, ``max_iter``,
+        ``backward``...); an unknown key raises ``ConfigError``.
+        """
+        unknown = set(overrides) - set(self.solve_options)
+        if unknown:
+            raise ConfigError(
+                f"Unknown DEQEncoder option(s) {sorted(unknown)}; known: {sorted(self.solve_options)}."
+            )
+        self._check(x)
+        opts = {**self.solve_options, **overrides}
+        u = self.inject(x)
+        prepared = self.cell.prepare(u)  # capped weights computed once, with autograd on
+
+        def f(z: Tensor) -> Tensor:
+            return self.cell.step(z, prepared)
+
+        z, sol = fixed_point(f, torch.zeros_like(u), **opts)
+        if self.jacobian_samples > 0 and self.training and torch.is_grad_enabled():
+            jac = jacobian_penalty(f, z.detach(), samples=self.jacobian_samples)
+            sol = dataclasses.replace(sol, jacobian_loss=jac)
+        return self.out_norm(z), sol

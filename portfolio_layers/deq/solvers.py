@@ -1,0 +1,268 @@
+"""Fixed-point solvers: one generic iteration loop (:func:`iterate`) and one update step per solver.
+
+A solver is a frozen dataclass of hyperparameters with two methods, ``init(z, fz) -> state`` and
+``step(state, z, fz) -> (z_next, state)``, acting on flattened iterates ``z, fz`` of shape (batch, D).
+Its state is passed in and returned, never stored on the solver. Everything else (residuals,
+per-element stopping, best-iterate tracking, non-finite guards, traces) lives in :func:`iterate`,
+so a new solver writes only its update.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from portfolio_layers.deq.solution import Status
+from portfolio_layers.errors import ConfigError, NonFiniteError, ShapeError
+
+
+@dataclass(frozen=True)
+class Picard:
+    """Plain (optionally relaxed) fixed-point iteration ``z <- (1 - relax) z + relax f(z)``.
+
+    Converges linearly at the contraction rate of ``f``. ``relax`` in (0, 1].
+    """
+
+    relax: float = 1.0
+    name: ClassVar[str] = "picard"
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.relax <= 1.0:
+            raise ConfigError(f"Picard relax must be in (0, 1], got {self.relax}.")
+
+    def init(self, z: Tensor, fz: Tensor) -> None:
+        return None
+
+    def step(self, state: None, z: Tensor, fz: Tensor) -> tuple[Tensor, None]:
+        return z + self.relax * (fz - z), None
+
+
+@dataclass(frozen=True)
+class Anderson:
+    """Anderson acceleration (type II) with a memory of ``m`` past iterates.
+
+    Picks weights ``alpha`` (summing to one) minimizing ``||sum_i alpha_i (f(z_i) - z_i)||^2 + reg``,
+    with a Tikhonov term ``lam`` scaled by the mean squared residual, solved by a Cholesky factorization
+    (batched, no LU), then sets ``z <- beta sum_i alpha_i f(z_i) + (1 - beta) sum_i alpha_i z_i``.
+    """
+
+    m: int = 5
+    beta: float = 1.0
+    lam: float = 1e-4
+    name: ClassVar[str] = "anderson"
+
+    def __post_init__(self) -> None:
+        if self.m < 1:
+            raise ConfigError(f"Anderson memory m must be >= 1, got {self.m}.")
+        if not 0.0 < self.beta <= 1.0:
+            raise ConfigError(f"Anderson beta must be in (0, 1], got {self.beta}.")
+        if self.lam <= 0:
+            raise ConfigError(f"Anderson lam must be > 0, got {self.lam}.")
+
+    def init(self, z: Tensor, fz: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+        return [], []
+
+    def step(self, state: tuple[list[Tensor], list[Tensor]], z: Tensor, fz: Tensor) -> tuple[Tensor, Any]:
+        xs, fs = state
+        xs = (xs + [z])[-self.m :]
+        fs = (fs + [fz])[-self.m :]
+        if len(xs) == 1:
+            return z + self.beta * (fz - z), (xs, fs)
+        X = torch.stack(xs, dim=1)  # (B, k, D)
+        F = torch.stack(fs, dim=1)
+        G = F - X
+        H = G @ G.transpose(1, 2)  # (B, k, k)
+        k = H.shape[-1]
+        scale = H.diagonal(dim1=1, dim2=2).mean(-1, keepdim=True).unsqueeze(-1)
+        tiny = torch.finfo(H.dtype).tiny ** 0.5
+        eye = torch.eye(k, dtype=H.dtype, device=H.device)
+        H = H + (self.lam * scale + tiny) * eye
+        L, info = torch.linalg.cholesky_ex(H)
+        ones = torch.ones(H.shape[0], k, 1, dtype=H.dtype, device=H.device)
+        a = torch.cholesky_solve(ones, L).squeeze(-1)  # (B, k), proportional to alpha
+        alpha = a / a.sum(-1, keepdim=True)
+        ok = (info == 0) & torch.isfinite(alpha).all(-1)
+        fallback = torch.zeros_like(alpha)
+        fallback[:, -1] = 1.0  # a failed factorization falls back to a relaxed Picard step
+        alpha = torch.where(ok.unsqueeze(-1), alpha, fallback)
+        mix_f = (alpha.unsqueeze(-1) * F).sum(1)
+        mix_x = (alpha.unsqueeze(-1) * X).sum(1)
+        return mix_x + self.beta * (mix_f - mix_x), (xs, fs)
+
+
+@dataclass(frozen=True)
+class Broyden:
+    """Limited-memory "good" Broyden method on ``g(z) = f(z) - z``.
+
+    Keeps an inverse-Jacobian estimate ``H = -I + sum_i u_i v_i'`` (the ``memory`` most recent rank-one
+    Sherman-Morrison updates) and steps ``z <- z - H g(z)``; the first step is a Picard step.
+    Updates with a near-zero denominator ``s'Hy`` are skipped for that element.
+    """
+
+    memory: int = 20
+    name: ClassVar[str] = "broyden"
+
+    def __post_init__(self) -> None:
+        if self.memory < 1:
+            raise ConfigError(f"Broyden memory must be >= 1, got {self.memory}.")
+
+    def init(self, z: Tensor, fz: Tensor) -> dict[str, Any]:
+        return {"us": [], "vs": [], "prev": None}
+
+    @staticmethod
+    def _apply(us: list[Tensor], vs: list[Tensor], x: Tensor, transpose: bool) -> Tensor:
+        out = -x
+        for u, v in zip(us, vs, strict=True):
+            a, b = (v, u) if transpose else (u, v)
+            out = out + a * (b * x).sum(-1, keepdim=True)
+        return out
+
+    def step(self, state: dict[str, Any], z: Tensor, fz: Tensor) -> tuple[Tensor, dict[str, Any]]:
+        us, vs = state["us"], state["vs"]
+        g = fz - z
+        if state["prev"] is not None:
+            z_prev, g_prev = state["prev"]
+            s, y = z - z_prev, g - g_prev
+            Hy = self._apply(us, vs, y, transpose=False)
+            sH = self._apply(us, vs, s, transpose=True)
+            denom = (s * Hy).sum(-1, keepdim=True)
+            eps = torch.finfo(z.dtype).eps
+            ok = denom.abs() > eps * (s.norm(dim=-1, keepdim=True) * Hy.norm(dim=-1, keepdim=True)) + 1e-30
+            safe = torch.where(ok, denom, torch.ones_like(denom))
+            u = torch.where(ok, (s - Hy) / safe, torch.zeros_like(s))
+            us, vs = (us + [u])[-self.memory :], (vs + [sH])[-self.memory :]
+        z_next = z - self._apply(us, vs, g, transpose=False)
+        return z_next, {"us": us, "vs": vs, "prev": (z, g)}
+
+
+SOLVERS: dict[str, type] = {"picard": Picard, "anderson": Anderson, "broyden": Broyden}
+
+SolverLike = str | Picard | Anderson | Broyden
+
+
+def make_solver(spec: SolverLike) -> Picard | Anderson | Broyden:
+    """Return a solver instance from a name (``"picard"``, ``"anderson"``, ``"broyden"``) or an instance."""
+    if isinstance(spec, Picard | Anderson | Broyden):
+        return spec
+    if isinstance(spec, str) and spec in SOLVERS:
+        return SOLVERS[spec]()
+    raise ConfigError(
+        f"Unknown fixed-point solver {spec!r}: use one of {sorted(SOLVERS)} "
+        "or an instance such as Anderson(m=5)."
+    )
+
+
+@dataclass(frozen=True)
+class IterateResult:
+    """Output of :func:`iterate` (flattened internals, reshaped by the caller)."""
+
+    z: Tensor  # (B, *shape[1:]) best iterate
+    status: Tensor
+    iterations: Tensor
+    abs_residual: Tensor
+    rel_residual: Tensor
+    trace: Tensor | None
+
+
+def _residuals(z: Tensor, fz: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    with torch.no_grad():
+        diff = (fz - z).norm(dim=-1)
+        nf = fz.norm(dim=-1)
+        finite = torch.isfinite(fz).all(-1) & torch.isfinite(z).all(-1)
+        rel = diff / nf.clamp_min(torch.finfo(fz.dtype).tiny)
+    return diff, rel, finite
+
+
+def iterate(
+    f: Callable[[Tensor], Tensor],
+    z0: Tensor,
+    solver: Picard | Anderson | Broyden,
+    *,
+    tol: float,
+    atol: float,
+    max_iter: int,
+    trace: bool = False,
+) -> IterateResult:
+    """Run ``solver`` on ``z = f(z)`` from ``z0`` with per-batch-element stopping.
+
+    Element ``b`` stops (is frozen) once ``||f(z_b) - z_b|| <= atol + tol * ||f(z_b)||`` (norms over the
+    flattened non-batch dimensions) or once ``f`` returns non-finite values for it. ``f`` is still
+    evaluated on the whole batch (it closes over batched inputs), but frozen elements keep their iterate.
+    The iterate with the lowest residual seen is returned for every element. Differentiable when run
+    with autograd enabled (the ``unrolled`` backward).
+
+    Parameters
+    ----------
+    f : callable, Tensor of shape (B, ...) -> Tensor of the same shape
+    z0 : Tensor of shape (B, ...)
+        Starting point; the first dimension is the batch.
+    solver : Picard, Anderson or Broyden
+    tol, atol : float
+        Relative and absolute tolerances.
+    max_iter : int
+        Maximum number of solver updates.
+    trace : bool
+        Record the absolute residual of every element after every iteration.
+
+    Returns
+    -------
+    IterateResult
+    """
+    if z0.dim() < 1:
+        raise ShapeError("z0 must have a leading batch dimension, shape (batch, ...); got a 0-d tensor.")
+    if not torch.isfinite(z0).all():
+        raise NonFiniteError("z0 holds NaN or infinite values; start from zeros or a finite guess.")
+    shape, B = z0.shape, z0.shape[0]
+
+    def g(flat: Tensor) -> Tensor:
+        out = f(flat.reshape(shape))
+        if not isinstance(out, Tensor) or out.shape != shape:
+            got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise ShapeError(f"f must map a tensor of shape {tuple(shape)} to the same shape, got {got}.")
+        return out.reshape(B, -1)
+
+    z = z0.reshape(B, -1)
+    fz = g(z)
+    res, rel, finite = _residuals(z, fz)
+    conv = finite & (res <= atol + tol * fz.detach().norm(dim=-1))
+    active = finite & ~conv
+    best_z, best_res = z, torch.where(finite, res, torch.full_like(res, math.inf))
+    best_rel = torch.where(finite, rel, torch.full_like(rel, math.inf))
+    iters = torch.zeros(B, dtype=torch.long, device=z.device)
+    traces = [res] if trace else []
+    state = solver.init(z, fz)
+    for _ in range(max_iter):
+        if not bool(active.any()):
+            break
+        ok_rows = torch.isfinite(fz).all(-1, keepdim=True)
+        z_next, state = solver.step(state, z, torch.where(ok_rows, fz, z))
+        a = active.unsqueeze(-1)
+        z = torch.where(a, z_next, z)
+        fz = torch.where(a, g(z), fz)
+        iters = iters + active.long()
+        res, rel, finite = _residuals(z, fz)
+        conv_now = active & finite & (res <= atol + tol * fz.detach().norm(dim=-1))
+        better = (active & finite & (res < best_res)) | conv_now
+        best_z = torch.where(better.unsqueeze(-1), z, best_z)
+        best_res = torch.where(better, res, best_res)
+        best_rel = torch.where(better, rel, best_rel)
+        conv = conv | conv_now
+        active = active & finite & ~conv_now
+        if trace:
+            traces.append(res)
+    status = torch.full((B,), int(Status.MAX_ITER), dtype=torch.long, device=z.device)
+    status = torch.where(torch.isfinite(best_res), status, torch.full_like(status, int(Status.NONFINITE)))
+    status = torch.where(conv, torch.full_like(status, int(Status.CONVERGED)), status)
+    return IterateResult(
+        z=best_z.reshape(shape),
+        status=status,
+        iterations=iters,
+        abs_residual=best_res,
+        rel_residual=best_rel,
+        trace=torch.stack(traces) if trace else None,
+    )
