@@ -1,0 +1,181 @@
+"""The end-to-end network: encoder -> risk and return heads -> differentiable QP -> portfolio weights.
+
+At each decision the network solves the long-only mean-variance problem
+
+    minimize  1/2 gamma w' Sigma w - mu' w
+    s.t.      sum_i w_i = 1,  0 <= w_i <= max_weight,  sum_i |w_i - w_prev_i| <= turnover_limit (optional)
+
+with ``Sigma`` from :class:`~portfolio_layers.models.heads.RiskHead`, ``mu`` from
+:class:`~portfolio_layers.models.heads.ReturnHead` and a learnable risk aversion ``gamma > 0``; the QP layer
+(:mod:`portfolio_layers.qp`) differentiates the solution, so a loss on the weights trains everything.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from portfolio_layers.errors import ConfigError, ShapeError
+from portfolio_layers.models.heads import ReturnHead, RiskHead
+
+__all__ = ["E2ENet", "NetOutput", "portfolio_qp_layer"]
+
+
+@dataclass(frozen=True)
+class NetOutput:
+    """Output of :class:`E2ENet`.
+
+    Attributes
+    ----------
+    weights : Tensor of shape (batch, n) or None
+        Portfolio weights (``None`` from :meth:`E2ENet.predict`, which skips the QP).
+    mu : Tensor of shape (batch, n)
+        Expected annualised returns.
+    cov : Tensor of shape (batch, n, n)
+        Annualised covariance (positive definite).
+    risk_aversion : Tensor of shape ()
+    deq : DEQSolution or None
+        Diagnostics of the encoder's equilibrium (``None`` for explicit encoders).
+    qp : QPSolution or None
+        Diagnostics of the QP solve.
+    """
+
+    weights: Tensor | None
+    mu: Tensor
+    cov: Tensor
+    risk_aversion: Tensor
+    deq: object | None = None
+    qp: object | None = None
+
+
+def portfolio_qp_layer(
+    n_assets: int,
+    *,
+    max_weight: float | None = None,
+    turnover_limit: float | None = None,
+    dtype: torch.dtype = torch.float64,
+    **qp_options: object,
+) -> nn.Module:
+    """The QP layer of the long-only, fully invested portfolio problem (optional cap and turnover limit).
+
+    Parameters
+    ----------
+    n_assets : int
+        ``n``.
+    max_weight : float, optional
+        Per-asset cap ``u`` (needs ``n * u >= 1``).
+    turnover_limit : float, optional
+        Bound on ``sum_i |w_i - w_prev_i|``; the layer then needs ``x0`` in ``forward``.
+    dtype : torch.dtype
+    **qp_options
+        Solver options forwarded to :class:`portfolio_layers.qp.QPLayer` (``tol``, ``max_iter``...).
+    """
+    from portfolio_layers import qp
+
+    if max_weight is not None and n_assets * max_weight < 1.0 - 1e-12:
+        raise ConfigError(
+            f"max_weight={max_weight} with {n_assets} assets cannot be fully invested (n * max_weight < 1); "
+            f"use max_weight >= {1.0 / n_assets:.4f}"
+        )
+    constraints = [qp.fully_invested(n_assets), qp.long_only(n_assets)]
+    if max_weight is not None:
+        constraints.append(qp.max_weight(n_assets, max_weight))
+    if turnover_limit is not None:
+        constraints.append(qp.turnover_limit(n_assets, turnover_limit))
+    return qp.QPLayer(*constraints, dtype=dtype, **qp_options)
+
+
+class E2ENet(nn.Module):
+    """Encoder, heads, QP: ``forward(x, sample_cov, previous) -> NetOutput`` with portfolio weights.
+
+    Parameters
+    ----------
+    encoder : nn.Module
+        ``encoder(x (batch, T, n, F)) -> (emb (batch, n, d), info)``, see models.encoders.
+    d_model : int
+        Embedding size ``d`` of the encoder.
+    qp_layer : nn.Module
+        ``qp_layer(P, q, x0) -> x`` (see :func:`portfolio_qp_layer`).
+    n_factors : int
+        Factors of the risk head.
+    blend_sample_cov : bool
+        Let the risk head blend toward the window's sample covariance.
+    blend_init : float
+        Initial weight of the sample covariance in the blend.
+    risk_aversion : float
+        Initial ``gamma`` (annualised units).
+    learn_risk_aversion : bool
+        Train ``gamma`` (else it stays fixed).
+    needs_previous : bool
+        Whether the QP uses the previous weights (turnover limit); training then feeds them.
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        d_model: int,
+        qp_layer: nn.Module,
+        *,
+        n_factors: int = 3,
+        blend_sample_cov: bool = True,
+        blend_init: float = 0.5,
+        risk_aversion: float = 5.0,
+        learn_risk_aversion: bool = True,
+        needs_previous: bool = False,
+    ) -> None:
+        super().__init__()
+        if risk_aversion <= 0:
+            raise ConfigError(f"risk_aversion must be positive, got {risk_aversion}")
+        self.encoder = encoder
+        self.risk = RiskHead(d_model, n_factors, blend=blend_sample_cov, blend_init=blend_init)
+        self.returns = ReturnHead(d_model)
+        self.qp = qp_layer
+        raw = torch.tensor(math.log(math.expm1(risk_aversion)))  # softplus^{-1}
+        self.raw_risk_aversion = nn.Parameter(raw, requires_grad=learn_risk_aversion)
+        self.needs_previous = needs_previous
+
+    @property
+    def risk_aversion(self) -> Tensor:
+        """``gamma = softplus(raw) > 0``, shape ()."""
+        return F.softplus(self.raw_risk_aversion)
+
+    def predict(self, x: Tensor, sample_cov: Tensor | None = None) -> NetOutput:
+        """Forecasts only (no QP): expected returns and covariance.
+
+        Parameters
+        ----------
+        x : Tensor of shape (batch, T, n, F)
+        sample_cov : Tensor of shape (batch, n, n), optional
+            Annualised sample covariance of the window (required with ``blend_sample_cov``).
+        """
+        emb, info = self.encoder(x)
+        return NetOutput(None, self.returns(emb), self.risk(emb, sample_cov), self.risk_aversion, info)
+
+    def forward(
+        self, x: Tensor, sample_cov: Tensor | None = None, previous: Tensor | None = None
+    ) -> NetOutput:
+        """Portfolio weights.
+
+        Parameters
+        ----------
+        x : Tensor of shape (batch, T, n, F)
+            Feature windows.
+        sample_cov : Tensor of shape (batch, n, n), optional
+            Annualised sample covariance of the window.
+        previous : Tensor of shape (batch, n), optional
+            Drifted weights before the trade (used by a turnover limit; equal weights when missing).
+        """
+        pred = self.predict(x, sample_cov)
+        n = pred.mu.shape[-1]
+        if previous is None and self.needs_previous:
+            previous = torch.full_like(pred.mu, 1.0 / n)
+        if previous is not None and previous.shape != pred.mu.shape:
+            raise ShapeError(
+                f"previous weights must have shape {tuple(pred.mu.shape)}, got {tuple(previous.shape)}"
+            )
+        solution = self.qp.solve(pred.risk_aversion * pred.cov, pred.mu, previous)
+        return NetOutput(solution.x, pred.mu, pred.cov, pred.risk_aversion, pred.deq, solution)

@@ -1,0 +1,180 @@
+"""Training samples: rolling decision windows cut from one block of history, never looking past its end.
+
+A sample is a decision at row ``t`` of the block: the feature window ``t-T+1 .. t``, the sample covariance
+of the returns ``t-W+1 .. t`` (annualised), the realised returns ``t+1 .. t+H`` that the loss is scored on
+and, for the trading cost, the same inputs at the previous rebalance row ``t-k`` and the returns
+``t-k+1 .. t`` over which those weights drift. Only rows with all of these inside the block are samples,
+so a model fitted on a block never sees a row after the block's last row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from portfolio_layers.errors import DataError, ShapeError
+from portfolio_layers.models.heads import sample_covariance
+from portfolio_layers.models.losses import PERIODS_PER_YEAR
+
+__all__ = ["Batch", "WindowData", "drift_weights"]
+
+
+def drift_weights(weights: Tensor, returns: Tensor) -> Tensor:
+    """Weights after drifting with prices (cash at 0 keeps its value), as in the engine.
+
+    Parameters
+    ----------
+    weights : Tensor of shape (batch, n)
+        Weights just after a trade.
+    returns : Tensor of shape (batch, k, n)
+        Simple returns of the ``k`` rows that follow.
+
+    Returns
+    -------
+    Tensor of shape (batch, n)
+        ``w_i prod(1 + R_i) / V`` with ``V`` the portfolio value including cash.
+    """
+    grown = weights * torch.prod(1.0 + returns, dim=1)
+    value = grown.sum(-1, keepdim=True) + (1.0 - weights.sum(-1, keepdim=True))
+    return grown / value
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Model inputs and targets for a set of decision rows.
+
+    Attributes
+    ----------
+    rows : Tensor of shape (batch,)
+        Decision rows inside the block.
+    x : Tensor of shape (batch, T, n, F)
+        Feature windows ending at the decision rows.
+    sample_cov : Tensor of shape (batch, n, n)
+        Annualised sample covariance of the last ``W`` returns.
+    future : Tensor of shape (batch, H, n)
+        Realised simple returns of the ``H`` rows after the decision.
+    prev_x, prev_cov : Tensors of shapes (batch, T, n, F) and (batch, n, n), or None
+        The same inputs at the previous rebalance row (only when ``rebalance > 0``).
+    drift : Tensor of shape (batch, k, n) or None
+        Returns between the previous rebalance row and the decision row.
+    """
+
+    rows: Tensor
+    x: Tensor
+    sample_cov: Tensor
+    future: Tensor
+    prev_x: Tensor | None = None
+    prev_cov: Tensor | None = None
+    drift: Tensor | None = None
+
+
+class WindowData:
+    """Features and returns of one block of history, cut into decision samples on demand.
+
+    Parameters
+    ----------
+    features : ndarray of shape (rows, n, F)
+        Features aligned with the price rows; the feature at row ``s`` may use rows ``<= s`` only. Leading
+        rows may be NaN (warm-up); no sample uses them.
+    returns : ndarray of shape (rows, n)
+        Simple returns ``p[s] / p[s-1] - 1``; row 0 is NaN or ignored.
+    window : int
+        ``T``, feature rows per sample.
+    cov_window : int
+        ``W``, return rows of the sample covariance (>= 2).
+    horizon : int
+        ``H``, future rows scored by the loss.
+    rebalance : int
+        ``k``, rows between rebalances, used for the previous decision of the cost term; 0 disables it.
+    dtype : torch.dtype
+    """
+
+    def __init__(
+        self,
+        features: np.ndarray,
+        returns: np.ndarray,
+        *,
+        window: int,
+        cov_window: int,
+        horizon: int,
+        rebalance: int = 0,
+        dtype: torch.dtype = torch.float64,
+    ) -> None:
+        if features.ndim != 3 or returns.ndim != 2 or features.shape[:2] != returns.shape:
+            raise ShapeError(
+                f"expected features (rows, n, F) and returns (rows, n) with the same rows and assets, got "
+                f"{features.shape} and {returns.shape}"
+            )
+        if window < 1 or cov_window < 2 or horizon < 1 or rebalance < 0:
+            raise ShapeError(
+                f"need window >= 1, cov_window >= 2, horizon >= 1, rebalance >= 0; got {window}, "
+                f"{cov_window}, {horizon}, {rebalance}"
+            )
+        finite_rows = np.isfinite(features).all(axis=(1, 2))
+        nan_rows = np.flatnonzero(~finite_rows)
+        self.warmup = int(nan_rows[-1] + 1) if nan_rows.size else 0
+        if nan_rows.size and nan_rows.size != self.warmup:
+            raise DataError(
+                f"features hold NaN after the warm-up (row {int(nan_rows[-1])}); "
+                "fill or drop missing prices first"
+            )
+        if not np.isfinite(returns[1:]).all():
+            raise DataError("returns hold NaN or inf after row 0; fill or drop missing prices first")
+        self.features = torch.as_tensor(np.nan_to_num(features), dtype=dtype)
+        self.returns = torch.as_tensor(np.nan_to_num(returns), dtype=dtype)
+        self.window, self.cov_window, self.horizon, self.rebalance = window, cov_window, horizon, rebalance
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.returns.shape[0])
+
+    def first_row(self) -> int:
+        """First row at which a decision (and, with a cost, its previous decision) has all its inputs."""
+        first = max(self.warmup + self.window - 1, self.cov_window)
+        return first + self.rebalance
+
+    def decision_rows(self) -> np.ndarray:
+        """All rows usable as training samples: inputs available and ``t + H`` inside the block."""
+        return np.arange(self.first_row(), self.n_rows - self.horizon)
+
+    def latest(self) -> Batch:
+        """Inputs at the last row of the block (no targets: ``future`` is empty), for a live decision."""
+        t = self.n_rows - 1
+        if t < max(self.warmup + self.window - 1, self.cov_window):
+            raise DataError(
+                f"a decision needs {max(self.warmup + self.window, self.cov_window + 1)} price rows "
+                f"(feature warm-up {self.warmup} + window {self.window}, "
+                f"covariance window {self.cov_window}), "
+                f"got {self.n_rows}; increase the lookback"
+            )
+        rows = torch.tensor([t])
+        x, cov = self._inputs(rows)
+        return Batch(rows, x, cov, self.returns[:0].unsqueeze(0))
+
+    def _inputs(self, rows: Tensor) -> tuple[Tensor, Tensor]:
+        steps = torch.arange(-self.window + 1, 1)
+        x = self.features[rows[:, None] + steps]  # (batch, T, n, F)
+        cov_steps = torch.arange(-self.cov_window + 1, 1)
+        cov = sample_covariance(self.returns[rows[:, None] + cov_steps]) * PERIODS_PER_YEAR
+        return x, cov
+
+    def batch(self, rows: np.ndarray | Tensor) -> Batch:
+        """The samples of some decision rows (each from :meth:`decision_rows`)."""
+        rows = torch.as_tensor(np.asarray(rows), dtype=torch.long)
+        if rows.numel() and (
+            int(rows.min()) < self.first_row() or int(rows.max()) + self.horizon >= self.n_rows
+        ):
+            raise DataError(
+                f"decision rows must lie in [{self.first_row()}, {self.n_rows - self.horizon - 1}] "
+                "so that inputs and targets stay inside the block"
+            )
+        x, cov = self._inputs(rows)
+        future = self.returns[rows[:, None] + torch.arange(1, self.horizon + 1)]
+        if not self.rebalance:
+            return Batch(rows, x, cov, future)
+        prev_x, prev_cov = self._inputs(rows - self.rebalance)
+        drift = self.returns[rows[:, None] + torch.arange(-self.rebalance + 1, 1)]
+        return Batch(rows, x, cov, future, prev_x, prev_cov, drift)

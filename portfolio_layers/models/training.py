@@ -1,0 +1,351 @@
+"""Training loop of the end-to-end model: Adam, gradient clipping, early stopping, checkpoints.
+
+The loop is a function, :func:`train`, of a network, a :class:`~portfolio_layers.models.samples.WindowData`
+block and a :class:`TrainConfig`. The last ``val_fraction`` of the block's decision rows is the validation
+split (purged: training samples whose horizon reaches into it are dropped); the state with the best
+validation loss is kept. Everything random comes from ``TrainConfig.seed`` through a local generator.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from portfolio_layers.data.atomic import atomic_write_bytes
+from portfolio_layers.errors import ConfigError, DataError
+from portfolio_layers.models.losses import LOSSES, PERIODS_PER_YEAR, mse_loss, portfolio_loss
+from portfolio_layers.models.samples import Batch, WindowData, drift_weights
+
+__all__ = ["OBJECTIVES", "TrainConfig", "TrainHistory", "load_checkpoint", "save_checkpoint", "train"]
+
+OBJECTIVES = (*LOSSES, "mse")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyperparameters of :func:`train`.
+
+    Attributes
+    ----------
+    loss : {"sharpe", "sortino", "utility", "mse"}
+        Backtest loss on net returns of the next ``H`` rows, or ``"mse"`` for the two-stage
+        predict-then-optimize model (MSE of the return forecast plus MSE of the covariance forecast against
+        the realised second moments; the QP is not used in training).
+    epochs : int
+        Maximum passes over the training samples.
+    batch_size : int
+    lr : float
+        Adam learning rate.
+    weight_decay : float
+    clip_norm : float
+        Gradient norm clipping threshold.
+    val_fraction : float
+        Share of the decision rows (the latest ones) held out for early stopping.
+    patience : int
+        Epochs without a validation improvement before stopping.
+    stride : int
+        Keep every ``stride``-th decision row as a sample.
+    cost_bps : float
+        Trading cost of the loss, against the model's own previous weights drifted to the decision row.
+    risk_aversion : float
+        Risk aversion of the ``"utility"`` loss.
+    aux_mse : float
+        Weight of an auxiliary MSE of the return head (0 disables it).
+    jacobian_weight : float
+        Weight of the DEQ's Jacobian regularizer when the encoder returns one.
+    seed : int
+    """
+
+    loss: str = "sharpe"
+    epochs: int = 20
+    batch_size: int = 32
+    lr: float = 3e-3
+    weight_decay: float = 0.0
+    clip_norm: float = 1.0
+    val_fraction: float = 0.2
+    patience: int = 4
+    stride: int = 1
+    cost_bps: float = 0.0
+    risk_aversion: float = 5.0
+    aux_mse: float = 0.0
+    jacobian_weight: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.loss not in OBJECTIVES:
+            raise ConfigError(f"unknown loss {self.loss!r}; choose one of {', '.join(OBJECTIVES)}")
+        positive = {
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "lr": self.lr,
+            "stride": self.stride,
+        }
+        for name, value in positive.items():
+            if value <= 0:
+                raise ConfigError(f"TrainConfig.{name} must be positive, got {value}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError(f"TrainConfig.val_fraction must lie in [0, 1), got {self.val_fraction}")
+        if min(self.cost_bps, self.aux_mse, self.weight_decay, self.jacobian_weight, self.clip_norm) < 0:
+            raise ConfigError("cost_bps, aux_mse, weight_decay, jacobian_weight and clip_norm must be >= 0")
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TrainConfig:
+        """Build from a mapping; unknown keys raise :class:`ConfigError`."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown TrainConfig keys {unknown}; known keys are {sorted(known)}")
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class TrainHistory:
+    """Curves and diagnostics of one :func:`train` call (one entry per epoch).
+
+    Attributes
+    ----------
+    train_loss, val_loss : tuple of float
+        Mean training loss and validation loss (NaN without a validation split).
+    diagnostics : tuple of dict
+        Per epoch: ``deq_iterations`` (mean), ``deq_residual`` (max relative residual), ``deq_failed``
+        (elements not converged), ``qp_iterations`` (mean), ``qp_failed`` (solves not optimal), ``grad_norm``.
+    best_epoch : int
+        Epoch whose state was kept (index into the curves).
+    stopped_early : bool
+    seconds : float
+    n_train, n_val : int
+        Number of training and validation samples.
+    """
+
+    train_loss: tuple[float, ...]
+    val_loss: tuple[float, ...]
+    diagnostics: tuple[dict, ...] = field(default_factory=tuple)
+    best_epoch: int = 0
+    stopped_early: bool = False
+    seconds: float = 0.0
+    n_train: int = 0
+    n_val: int = 0
+
+    def to_dict(self) -> dict:
+        """Plain Python containers (for checkpoints and JSON)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TrainHistory:
+        values = dict(values)
+        for key in ("train_loss", "val_loss", "diagnostics"):
+            values[key] = tuple(values[key])
+        return cls(**values)
+
+
+def split_rows(rows: np.ndarray, val_fraction: float, horizon: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split decision rows into training and (later) validation rows, purging the horizon overlap.
+
+    Parameters
+    ----------
+    rows : ndarray of shape (s,)
+        Sorted decision rows.
+    val_fraction : float
+        Share of the rows held out at the end.
+    horizon : int
+        ``H``: training rows ``t`` with ``t + H >= first validation row`` are dropped.
+    """
+    n_val = int(math.floor(len(rows) * val_fraction))
+    if n_val == 0:
+        return rows, rows[:0]
+    val = rows[-n_val:]
+    train = rows[: len(rows) - n_val]
+    return train[train + horizon < val[0]], val
+
+
+def _diagnostics(out, grad_norm: float) -> dict:
+    diag = {"grad_norm": grad_norm}
+    deq, qp = getattr(out, "deq", None), getattr(out, "qp", None)
+    if deq is not None:
+        diag["deq_iterations"] = float(deq.iterations.float().mean())
+        diag["deq_residual"] = float(deq.rel_residual.max())
+        diag["deq_failed"] = int((deq.status != 0).sum())
+    if qp is not None:
+        diag["qp_iterations"] = float(qp.iterations.float().mean())
+        diag["qp_failed"] = int((qp.status != 0).sum())
+    return diag
+
+
+def batch_loss(net: nn.Module, batch: Batch, config: TrainConfig) -> tuple[Tensor, object]:
+    """Loss of ``net`` on one batch, and the network output (for diagnostics).
+
+    With a cost (``cost_bps > 0``) or a turnover limit in the network, the previous weights are the network's
+    own decision at the previous rebalance row (no gradient), drifted to the decision row.
+    """
+    if config.loss == "mse":
+        out = net.predict(batch.x, batch.sample_cov)
+        realised = (
+            torch.einsum("bhi,bhj->bij", batch.future, batch.future)
+            / batch.future.shape[1]
+            * PERIODS_PER_YEAR
+        )
+        loss = mse_loss(out.mu, batch.future) + (out.cov - realised).square().mean()
+        return loss, out
+    previous = None
+    if batch.prev_x is not None and (config.cost_bps > 0 or getattr(net, "needs_previous", False)):
+        with torch.no_grad():
+            before = net(batch.prev_x, batch.prev_cov).weights
+        previous = drift_weights(before, batch.drift)
+    out = net(batch.x, batch.sample_cov, previous)
+    loss = portfolio_loss(
+        config.loss,
+        out.weights,
+        batch.future,
+        previous,
+        cost_bps=config.cost_bps,
+        risk_aversion=config.risk_aversion,
+    )
+    if config.aux_mse:
+        loss = loss + config.aux_mse * mse_loss(out.mu, batch.future)
+    jacobian = getattr(getattr(out, "deq", None), "jacobian_loss", None)
+    if config.jacobian_weight and jacobian is not None:
+        loss = loss + config.jacobian_weight * jacobian
+    return loss, out
+
+
+def _evaluate(net: nn.Module, data: WindowData, rows: np.ndarray, config: TrainConfig) -> float:
+    if len(rows) == 0:
+        return float("nan")
+    with torch.no_grad():
+        loss, _ = batch_loss(net, data.batch(rows), config)
+    return float(loss)
+
+
+def train(
+    net: nn.Module, data: WindowData, config: TrainConfig, *, progress: bool = False, desc: str = "train"
+) -> TrainHistory:
+    """Fit ``net`` on the decision samples of ``data``; keeps the state with the best validation loss.
+
+    Parameters
+    ----------
+    net : nn.Module
+        ``net(x, sample_cov, previous) -> out`` with ``out.weights (batch, n)`` and ``out.mu (batch, n)``,
+        and ``net.predict(x, sample_cov) -> out`` with ``out.mu`` and ``out.cov`` (see
+        :class:`~portfolio_layers.models.model.E2ENet`).
+    data : WindowData
+        One block of history; samples never leave it.
+    config : TrainConfig
+    progress : bool
+        Show a tqdm bar (stderr) with the losses and the DEQ/QP diagnostics.
+    desc : str
+        Label of the bar.
+
+    Returns
+    -------
+    TrainHistory
+    """
+    start = time.perf_counter()
+    rows = data.decision_rows()[:: config.stride]
+    train_rows, val_rows = split_rows(rows, config.val_fraction, data.horizon)
+    if len(train_rows) < 2:
+        raise DataError(
+            f"only {len(train_rows)} training samples in a block of {data.n_rows} rows (warm-up "
+            f"{data.warmup}, window {data.window}, covariance window {data.cov_window}, horizon "
+            f"{data.horizon}); use a longer training window or smaller windows"
+        )
+    generator = torch.Generator().manual_seed(config.seed)
+    optimizer = torch.optim.Adam(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    train_curve: list[float] = []
+    val_curve: list[float] = []
+    diagnostics: list[dict] = []
+    best = (math.inf, 0, _copy_state(net))
+    stopped = False
+    bar = tqdm(range(config.epochs), desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
+    for epoch in bar:
+        net.train()
+        order = train_rows[torch.randperm(len(train_rows), generator=generator).numpy()]
+        losses, epoch_diag = [], []
+        for i in range(0, len(order), config.batch_size):
+            loss, out = batch_loss(net, data.batch(np.sort(order[i : i + config.batch_size])), config)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            norm = nn.utils.clip_grad_norm_(
+                net.parameters(), config.clip_norm if config.clip_norm else math.inf
+            )
+            optimizer.step()
+            losses.append(float(loss.detach()))
+            epoch_diag.append(_diagnostics(out, float(norm)))
+        net.eval()
+        val = _evaluate(net, data, val_rows, config)
+        train_curve.append(float(np.mean(losses)))
+        val_curve.append(val)
+        diagnostics.append(_merge(epoch_diag))
+        bar.set_postfix(_postfix(train_curve[-1], val, diagnostics[-1]))
+        score = val if len(val_rows) else train_curve[-1]
+        if score < best[0]:
+            best = (score, epoch, _copy_state(net))
+        elif epoch - best[1] >= config.patience:
+            stopped = True
+            break
+    bar.close()
+    net.load_state_dict(best[2])
+    return TrainHistory(
+        tuple(train_curve),
+        tuple(val_curve),
+        tuple(diagnostics),
+        best_epoch=best[1],
+        stopped_early=stopped,
+        seconds=time.perf_counter() - start,
+        n_train=len(train_rows),
+        n_val=len(val_rows),
+    )
+
+
+def _copy_state(net: nn.Module) -> dict:
+    return {k: v.detach().clone() for k, v in net.state_dict().items()}
+
+
+def _merge(per_step: list[dict]) -> dict:
+    merged: dict = {}
+    for key in per_step[0]:
+        values = [d[key] for d in per_step if key in d]
+        if key.endswith("failed"):
+            merged[key] = int(sum(values))
+        elif key == "deq_residual":
+            merged[key] = float(max(values))
+        else:
+            merged[key] = float(np.mean(values))
+    return merged
+
+
+def _postfix(train_loss: float, val_loss: float, diag: dict) -> dict:
+    shown = {"loss": f"{train_loss:.3f}", "val": f"{val_loss:.3f}"}
+    if "deq_iterations" in diag:
+        shown["deq_it"] = f"{diag['deq_iterations']:.1f}"
+        shown["deq_fail"] = diag["deq_failed"]
+    if "qp_iterations" in diag:
+        shown["qp_it"] = f"{diag['qp_iterations']:.1f}"
+        shown["qp_fail"] = diag["qp_failed"]
+    return shown
+
+
+def save_checkpoint(path: str | Path, net: nn.Module, **extra: object) -> Path:
+    """Write ``{"model": state_dict, **extra}`` with :func:`torch.save`, atomically.
+
+    ``extra`` values must be loadable with ``weights_only=True``: tensors, numbers, strings, and lists,
+    tuples and dicts of those.
+    """
+    buffer = io.BytesIO()
+    torch.save({"model": net.state_dict(), **extra}, buffer)
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Read a checkpoint written by :func:`save_checkpoint` (``torch.load(..., weights_only=True)``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    return torch.load(path, map_location="cpu", weights_only=True)
