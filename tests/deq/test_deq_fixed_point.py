@@ -1,0 +1,172 @@
+"""fixed_point: forward against closed forms, statuses, per-element stopping, bad input."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from portfolio_layers.deq import Anderson, Broyden, Picard, Status, fixed_point, make_solver
+from portfolio_layers.errors import ConfigError, ConvergenceError, NonFiniteError, ShapeError
+
+SOLVERS = ["picard", "anderson", "broyden"]
+TIGHT = {"tol": 1e-12, "atol": 1e-12, "max_iter": 600}
+
+
+def linear_problem(n=6, batch=4, rho=0.8, seed=0, dtype=torch.float64):
+    """f(z) = z W' + x U' with ||W||_2 = rho; closed form z* = (I - W)^-1 U x."""
+    g = torch.Generator().manual_seed(seed)
+    W = torch.randn(n, n, generator=g, dtype=dtype)
+    W = rho * W / torch.linalg.matrix_norm(W, ord=2)
+    U = torch.randn(n, n, generator=g, dtype=dtype)
+    x = torch.randn(batch, n, generator=g, dtype=dtype)
+    return W, U, x
+
+
+def closed_form(W, U, x):
+    n = W.shape[0]
+    return torch.linalg.solve(torch.eye(n, dtype=W.dtype) - W, (x @ U.T).T).T
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_linear_fixed_point_matches_closed_form(solver):
+    W, U, x = linear_problem()
+    z, sol = fixed_point(lambda z: z @ W.T + x @ U.T, torch.zeros_like(x), solver=solver, **TIGHT)
+    torch.testing.assert_close(z, closed_form(W, U, x), rtol=1e-10, atol=1e-10)
+    assert sol.all_converged
+    assert sol.status.shape == (4,) and sol.iterations.shape == (4,)
+    assert bool((sol.abs_residual <= 1e-12 + 1e-12 * z.norm(dim=-1)).all())
+    assert sol.solver == solver
+
+
+def test_anderson_needs_fewer_iterations_than_picard():
+    g = torch.Generator().manual_seed(1)
+    Q, _ = torch.linalg.qr(torch.randn(20, 20, generator=g, dtype=torch.float64))
+    W = Q @ torch.diag(torch.linspace(-0.95, 0.95, 20, dtype=torch.float64)) @ Q.T  # slow for Picard
+    x = 0.3 * torch.randn(4, 20, generator=g, dtype=torch.float64)
+    f = lambda z: torch.tanh(z @ W.T + x)  # noqa: E731
+    kw = {"tol": 1e-8, "atol": 0.0, "max_iter": 1000, "throw": True}
+    _, pic = fixed_point(f, torch.zeros_like(x), solver="picard", **kw)
+    _, anb = fixed_point(f, torch.zeros_like(x), solver="anderson", **kw)
+    _, bro = fixed_point(f, torch.zeros_like(x), solver="broyden", **kw)
+    assert int(anb.iterations.max()) < int(pic.iterations.min()) // 2
+    assert int(bro.iterations.max()) < int(pic.iterations.min()) // 2
+
+
+def test_per_element_stopping_and_batched_equals_loop():
+    # element 0 contracts fast (rho 0.1), element 1 slowly (rho 0.9): they must stop at different counts.
+    n = 5
+    rho = torch.tensor([0.1, 0.9], dtype=torch.float64).view(2, 1)
+    x = torch.randn(2, n, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    f = lambda z: rho * torch.tanh(z) + x  # noqa: E731
+    z, sol = fixed_point(f, torch.zeros_like(x), solver="picard", tol=1e-10, atol=0.0, max_iter=500)
+    assert int(sol.iterations[0]) < int(sol.iterations[1])
+    for b in range(2):
+        zb, solb = fixed_point(
+            lambda z, b=b: rho[b] * torch.tanh(z) + x[b], torch.zeros(1, n, dtype=torch.float64),
+            solver="picard", tol=1e-10, atol=0.0, max_iter=500,
+        )  # fmt: skip
+        assert int(solb.iterations[0]) == int(sol.iterations[b])
+        torch.testing.assert_close(zb[0], z[b], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_non_contractive_map_reports_max_iter_and_throws(solver):
+    theta = torch.tensor(1.0, dtype=torch.float64, requires_grad=True)
+    f = lambda z: z + theta * (2.0 + torch.sin(z))  # noqa: E731  (no fixed point: f(z) - z >= theta)
+    z0 = torch.zeros(3, 4, dtype=torch.float64)
+    # absolute criterion only: the iterates run off to |z| ~ 1e4, where a residual in [1, 3] is
+    # relatively small, so a relative tolerance could (correctly, in its own terms) accept them.
+    kw = {"solver": solver, "max_iter": 25, "tol": 0.0, "atol": 1e-6}
+    with pytest.raises(ConvergenceError) as info:
+        fixed_point(f, z0, **kw)
+    assert info.value.indices == ((0,), (1,), (2,))
+    assert "max_iter" in str(info.value)
+    z, sol = fixed_point(f, z0, throw=False, **kw)
+    assert bool((sol.status == Status.MAX_ITER).all())
+    assert torch.isfinite(z).all()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        z.sum().backward()
+    assert theta.grad is not None and torch.isfinite(theta.grad).all()
+    adjoint_failed = bool((sol.adjoint.status != Status.CONVERGED).any())
+    assert adjoint_failed == any("adjoint" in str(w.message) for w in caught)
+    if solver == "picard":  # the adjoint iteration g <- g J + v diverges too (J has eigenvalues > 1)
+        assert adjoint_failed
+
+
+def test_nonfinite_element_gets_nonfinite_status_others_converge():
+    x = torch.tensor([[0.5], [float("nan")], [1.0]], dtype=torch.float64)
+    z, sol = fixed_point(lambda z: 0.5 * z + x, torch.zeros(3, 1, dtype=torch.float64), throw=False)
+    assert sol.status.tolist() == [Status.CONVERGED, Status.NONFINITE, Status.CONVERGED]
+    torch.testing.assert_close(z[[0, 2]], 2 * x[[0, 2]], rtol=1e-4, atol=1e-5)
+    with pytest.raises(ConvergenceError, match="NONFINITE"):
+        fixed_point(lambda z: 0.5 * z + x, torch.zeros(3, 1, dtype=torch.float64))
+
+
+def test_damping_keeps_the_fixed_point():
+    W, U, x = linear_problem(rho=0.9)
+    f = lambda z: z @ W.T + x @ U.T  # noqa: E731
+    z, sol = fixed_point(f, torch.zeros_like(x), solver="picard", damping=0.5, **TIGHT)
+    torch.testing.assert_close(z, closed_form(W, U, x), rtol=1e-9, atol=1e-9)
+
+
+def test_trace_records_every_iteration():
+    W, U, x = linear_problem()
+    _, sol = fixed_point(lambda z: z @ W.T + x @ U.T, torch.zeros_like(x), solver="picard", trace=True)
+    assert sol.trace.shape == (int(sol.iterations.max()) + 1, 4)
+    assert float(sol.trace[-1].max()) < float(sol.trace[0].max())
+
+
+def test_multidimensional_state_and_float32_close_to_float64():
+    W, U, x = linear_problem(n=4, batch=3)
+    x3 = x.unsqueeze(1).expand(3, 2, 4)  # state of shape (batch, 2, n)
+    z64, _ = fixed_point(lambda z: torch.tanh(z @ W.T) + x3, torch.zeros_like(x3), tol=1e-10, atol=0)
+    W32, x32 = W.float(), x3.float()
+    z32, _ = fixed_point(lambda z: torch.tanh(z @ W32.T) + x32, torch.zeros_like(x32), tol=1e-6, atol=0)
+    assert z32.dtype == torch.float32 and z64.shape == (3, 2, 4)
+    torch.testing.assert_close(z32.double(), z64, rtol=1e-4, atol=1e-4)
+
+
+def test_solver_instances_and_names():
+    assert isinstance(make_solver("anderson"), Anderson)
+    assert make_solver(Broyden(memory=3)).memory == 3
+    W, U, x = linear_problem()
+    z, _ = fixed_point(lambda z: z @ W.T + x @ U.T, torch.zeros_like(x), solver=Anderson(m=2), **TIGHT)
+    torch.testing.assert_close(z, closed_form(W, U, x), rtol=1e-9, atol=1e-9)
+    z, _ = fixed_point(lambda z: z @ W.T + x @ U.T, torch.zeros_like(x), solver=Picard(relax=0.7), **TIGHT)
+    torch.testing.assert_close(z, closed_form(W, U, x), rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"solver": "newton"}, ConfigError, "Unknown fixed-point solver"),
+        ({"backward": "adjoint"}, ConfigError, "Unknown backward"),
+        ({"damping": 1.0}, ConfigError, "damping"),
+        ({"tol": 0.0, "atol": 0.0}, ConfigError, "tol"),
+        ({"max_iter": -1}, ConfigError, "max_iter"),
+    ],
+)
+def test_bad_options_raise_config_error(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        fixed_point(lambda z: 0.5 * z, torch.ones(2, 3), **kwargs)
+
+
+def test_bad_solver_hyperparameters():
+    with pytest.raises(ConfigError, match="memory"):
+        Anderson(m=0)
+    with pytest.raises(ConfigError, match="relax"):
+        Picard(relax=0.0)
+    with pytest.raises(ConfigError, match="memory"):
+        Broyden(memory=0)
+
+
+def test_bad_inputs():
+    with pytest.raises(ShapeError, match="same shape"):
+        fixed_point(lambda z: z.sum(-1), torch.ones(2, 3))
+    with pytest.raises(ShapeError, match="batch"):
+        fixed_point(lambda z: z, torch.tensor(1.0))
+    with pytest.raises(NonFiniteError):
+        fixed_point(lambda z: 0.5 * z, torch.tensor([[float("inf")]]))
