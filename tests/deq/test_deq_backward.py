@@ -1,4 +1,4 @@
-"""Backward modes of fixed_point: closed forms, gradcheck, JFB, graph size, adjoint failures; stability tools."""
+"""Backward modes of fixed_point (closed forms, gradcheck, JFB, graph size, adjoint failures); stability."""
 
 from __future__ import annotations
 
@@ -38,7 +38,8 @@ def grads(z, c, params):
 @pytest.mark.parametrize("backward", ["implicit", "unrolled"])
 def test_linear_gradients_match_closed_form(solver, backward):
     W, U, x, c = problem()
-    z, _ = fixed_point(lambda z: z @ W.T + x @ U.T, torch.zeros_like(x), solver=solver, backward=backward, **TIGHT)
+    f = lambda z: z @ W.T + x @ U.T  # noqa: E731
+    z, _ = fixed_point(f, torch.zeros_like(x), solver=solver, backward=backward, **TIGHT)
     n = W.shape[0]
     z_cf = torch.linalg.solve(torch.eye(n, dtype=W.dtype) - W, (x @ U.T).T).T
     for got, want in zip(grads(z, c, [W, U, x]), grads(z_cf, c, [W, U, x]), strict=True):
@@ -73,7 +74,8 @@ def test_gradcheck_small_deq(solver):
     W, U, x, _ = problem(n=3, batch=2, seed=3)
 
     def fn(W, U, x):
-        return fixed_point(lambda z: torch.tanh(z @ W.T + x @ U.T), torch.zeros_like(x), solver=solver, **TIGHT)[0]
+        f = lambda z: torch.tanh(z @ W.T + x @ U.T)  # noqa: E731
+        return fixed_point(f, torch.zeros_like(x), solver=solver, **TIGHT)[0]
 
     assert torch.autograd.gradcheck(fn, (W, U, x), eps=1e-6, atol=1e-6, rtol=1e-5)
 
