@@ -202,7 +202,7 @@ def sharpe_difference_test(
     if n < 3:
         raise InputError(f"the Sharpe-difference test needs at least 3 paired returns, got {n}.")
     sd_a, sd_b = a.std(ddof=1), b.std(ddof=1)
-    if sd_a == 0 or sd_b == 0:
+    if np.ptp(a) == 0 or np.ptp(b) == 0:
         raise InputError("a return series is constant; its Sharpe ratio is undefined.")
     s_a, s_b = a.mean() / sd_a, b.mean() / sd_b
     rho = float(np.corrcoef(a, b)[0, 1])

@@ -6,6 +6,8 @@ last price forward and ``"drop"`` removes every row with a missing price.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 
@@ -65,7 +67,9 @@ def validate_prices(
         raise DataError(f"{source}: column {dup!r} appears more than once; asset names must be unique.")
     if not isinstance(out.index, pd.DatetimeIndex):
         try:
-            out.index = pd.to_datetime(out.index)
+            with warnings.catch_warnings():  # pandas warns when it must guess the format; errors still raise
+                warnings.simplefilter("ignore", UserWarning)
+                out.index = pd.to_datetime(out.index)
         except (ValueError, TypeError) as exc:
             raise DataError(
                 f"{source}: the index (first column of a CSV) must hold dates; could not parse it ({exc})."

@@ -1,0 +1,189 @@
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from portfolio_layers.backtest import BacktestConfig, run_backtest
+from portfolio_layers.errors import DataError, InputError
+
+
+class Scripted:
+    """Returns preset weights in call order and records what it saw."""
+
+    def __init__(self, weights, name="scripted"):
+        self.name, self._weights, self.seen, self.currents = name, list(weights), [], []
+
+    def fit(self, prices):
+        pass
+
+    def weights(self, prices, current):
+        self.seen.append(prices.index.copy())
+        self.currents.append(current.copy())
+        return np.asarray(self._weights[len(self.seen) - 1], dtype=float)
+
+
+def _hand_prices() -> pd.DataFrame:
+    # Simple returns by row: R1 = (.1, -.1, 0), R2 = (.1, .1, 0), R3 = (.1, -.1, 0), R4 = (0, .2, -.5),
+    # R5 = (-.5, 0, 1).
+    rets = np.array([[0.1, -0.1, 0.0], [0.1, 0.1, 0.0], [0.1, -0.1, 0.0], [0.0, 0.2, -0.5], [-0.5, 0.0, 1.0]])
+    p = 100.0 * np.vstack([np.ones(3), np.cumprod(1.0 + rets, axis=0)])
+    return pd.DataFrame(p, index=pd.date_range("2021-01-04", periods=6, freq="B"), columns=["A", "B", "C"])
+
+
+def test_hand_computed_drift_turnover_and_costs():
+    prices = _hand_prices()
+    strat = Scripted([[0.5, 0.3, 0.2], [0.2, 0.3, 0.5]])
+    cfg = BacktestConfig(lookback=2, rebalance=2, cost_bps=100.0, strategies=("scripted",), benchmark=None)
+    res = run_backtest(prices, [strat], cfg)
+    # Rebalance rows t = 2 and 4 (t <= T-2 = 4); returns of rows 3, 4, 5.
+    assert list(res.turnover.index) == list(prices.index[[2, 4]])
+    # Row 3: r = .5*.1 + .3*(-.1) = .02, minus the cost of buying from cash: 1% * tau = 1% * 1.
+    # Drift: h3 = (.55, .27, .2) / 1.02. Row 4: r = (.27*.2 - .2*.5) / 1.02 = -.046/1.02.
+    # h4 = (.55, .324, .1) / .974; tau_4 = (.3552 + .0318 + .387) / .974 = .774 / .974.
+    # Row 5: r = .2*(-.5) + .5*1 = .4, minus 1% * tau_4.
+    expected = [0.02 - 0.01, -0.046 / 1.02, 0.4 - 0.01 * 0.774 / 0.974]
+    np.testing.assert_allclose(res.returns["scripted"].to_numpy(), expected, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(res.gross_returns["scripted"].to_numpy(), [0.02, -0.046 / 1.02, 0.4], atol=1e-12)
+    np.testing.assert_allclose(res.turnover["scripted"].to_numpy(), [1.0, 0.774 / 0.974], atol=1e-12)
+    # The strategy saw rows t-L..t and the drifted weights just before each trade.
+    assert [list(s) for s in strat.seen] == [list(prices.index[0:3]), list(prices.index[2:5])]
+    np.testing.assert_array_equal(strat.currents[0], np.zeros(3))
+    np.testing.assert_allclose(strat.currents[1], np.array([0.55, 0.324, 0.1]) / 0.974, atol=1e-12)
+    np.testing.assert_allclose(res.weights["scripted"].to_numpy(), [[0.5, 0.3, 0.2], [0.2, 0.3, 0.5]])
+    assert res.metrics.loc["scripted", "turnover"] == pytest.approx(0.774 / 0.974)
+    assert res.metrics.loc["scripted", "annual_return"] == pytest.approx(
+        np.prod(1.0 + np.array(expected)) ** (252 / 3) - 1
+    )
+
+
+class Recorder:
+    """A 'learning' strategy whose weights depend on everything it has seen, recording all of it."""
+
+    def __init__(self, cap: float | None = None):
+        self.name, self.cap, self.memory, self.max_seen = "recorder", cap, 0.0, []
+
+    def fit(self, prices):
+        self.max_seen.append(prices.index[-1])
+        self.memory = float(np.log(prices.to_numpy()).mean())
+
+    def weights(self, prices, current):
+        self.max_seen.append(prices.index[-1])
+        x = np.log(prices.to_numpy()).sum(axis=0) + self.memory + current
+        w = np.exp(x - x.max())
+        return w / w.sum()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    n_rows=st.integers(8, 40),
+    n_assets=st.integers(2, 4),
+    lookback=st.integers(2, 6),
+    rebalance=st.integers(1, 5),
+    retrain_every=st.integers(1, 10),
+    window=st.sampled_from(["rolling", "expanding"]),
+    cut=st.floats(0.0, 1.0),
+    seed=st.integers(0, 2**16),
+)
+def test_no_strategy_can_see_the_future(n_rows, n_assets, lookback, rebalance, retrain_every, window, cut, seed):
+    if n_rows < lookback + 2:
+        return
+    rng = np.random.default_rng(seed)
+    idx = pd.date_range("2020-01-01", periods=n_rows, freq="B")
+    p = pd.DataFrame(np.exp(np.cumsum(rng.normal(0, 0.02, (n_rows, n_assets)), axis=0)), index=idx)
+    c = lookback + int(cut * (n_rows - lookback - 1))  # first perturbed row
+    q = p.copy()
+    q.iloc[c:] *= np.exp(rng.normal(0, 0.5, (n_rows - c, n_assets)))
+    cfg = BacktestConfig(
+        lookback=lookback, rebalance=rebalance, retrain_every=retrain_every, train_window=3, window=window,
+        cost_bps=5.0, strategies=("recorder",), benchmark=None,
+    )
+    a, b = Recorder(), Recorder()
+    ra, rb = run_backtest(p, [a], cfg), run_backtest(q, [b], cfg)
+    before = ra.weights["recorder"].index < idx[c]
+    assert before.sum() >= (1 if c > lookback else 0)
+    np.testing.assert_array_equal(ra.weights["recorder"][before].to_numpy(), rb.weights["recorder"][before].to_numpy())
+    # Net returns of rows before the perturbation are identical too.
+    early = ra.returns.index < idx[c]
+    np.testing.assert_array_equal(ra.returns[early].to_numpy(), rb.returns[early].to_numpy())
+    # Structurally: nothing handed to fit/weights ever ends after the rebalance date.
+    calls = iter(a.max_seen)
+    for date in ra.weights["recorder"].index:
+        last = next(calls)
+        if date in ra.fit_dates:
+            assert last == date
+            last = next(calls)
+        assert last == date
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    n_assets=st.integers(2, 6),
+    cap_frac=st.floats(0.0, 1.0),
+    name=st.sampled_from(["equal_weight", "inverse_volatility", "min_variance", "mean_variance"]),
+    seed=st.integers(0, 2**16),
+)
+def test_weights_sum_to_one_and_respect_bounds(n_assets, cap_frac, name, seed):
+    rng = np.random.default_rng(seed)
+    rows = 40
+    idx = pd.date_range("2020-01-01", periods=rows, freq="B")
+    vols = rng.uniform(0.005, 0.04, n_assets)
+    p = pd.DataFrame(np.exp(np.cumsum(rng.normal(0.0005, vols, (rows, n_assets)), axis=0)), index=idx)
+    cap = 1.0 / n_assets + cap_frac * (1.0 - 1.0 / n_assets)
+    cfg = BacktestConfig(lookback=15, rebalance=7, max_weight=cap, strategies=(name,), benchmark=None)
+    res = run_backtest(p, None, cfg)
+    w = res.weights[name].to_numpy()
+    np.testing.assert_allclose(w.sum(axis=1), 1.0, atol=1e-9)
+    assert (w >= -1e-9).all() and (w <= cap + 1e-7).all()
+
+
+def test_fit_schedule_rolling_and_expanding():
+    idx = pd.date_range("2020-01-01", periods=30, freq="B")
+    p = pd.DataFrame(np.linspace(1, 2, 60).reshape(30, 2), index=idx)
+
+    class Spy(Recorder):
+        def __init__(self):
+            super().__init__()
+            self.windows = []
+
+        def fit(self, prices):
+            self.windows.append((prices.index[0], prices.index[-1]))
+
+    for window, first_rows in (("rolling", [1, 6, 11]), ("expanding", [0, 0, 0])):
+        spy = Spy()
+        cfg = BacktestConfig(lookback=5, rebalance=3, retrain_every=5, train_window=10, window=window,
+                             strategies=("recorder",), benchmark=None)
+        res = run_backtest(p, [spy], cfg)
+        # Rebalances at rows 5, 8, ..., 26; fits at 5, 11 (>= 5+5), 17, 23.
+        assert list(res.fit_dates) == list(idx[[5, 11, 17, 23]])
+        assert [w[1] for w in spy.windows] == list(idx[[5, 11, 17, 23]])
+        starts = [idx.get_loc(w[0]) for w in spy.windows][:3]
+        assert starts == ([max(0, t + 1 - 10) for t in (5, 11, 17)] if window == "rolling" else first_rows)
+
+
+def test_bad_weights_are_reported():
+    p = _hand_prices()
+    cfg = BacktestConfig(lookback=2, rebalance=2, strategies=("scripted",), benchmark=None)
+    with pytest.raises(InputError, match=r"summing to 0\.9 on 2021-01-06"):
+        run_backtest(p, [Scripted([[0.5, 0.3, 0.1]] * 2)], cfg)
+    with pytest.raises(InputError, match=r"shape \(2,\)"):
+        run_backtest(p, [Scripted([[0.5, 0.5]] * 2)], cfg)
+    with pytest.raises(InputError, match="non-finite"):
+        run_backtest(p, [Scripted([[np.nan, 0.5, 0.5]] * 2)], cfg)
+    with pytest.raises(DataError, match="too few rows"):
+        run_backtest(p, [Scripted([])], BacktestConfig(lookback=5, strategies=("scripted",)))
+
+
+def test_diagnostics_are_kept_and_benchmark_test_runs():
+    p = _hand_prices()
+    s = Scripted([[0.5, 0.3, 0.2], [0.2, 0.3, 0.5]], name="scripted")
+    s.diagnostics = lambda: {"loss": pd.DataFrame({"train": [3.0, 2.0, 1.5]})}
+    cfg = BacktestConfig(lookback=2, rebalance=2, strategies=("scripted", "equal_weight"), benchmark="equal_weight")
+    res = run_backtest(p, [s, "equal_weight"], cfg)
+    assert list(res.diagnostics) == ["scripted"]
+    assert res.diagnostics["scripted"]["loss"]["train"].tolist() == [3.0, 2.0, 1.5]
+    assert list(res.metrics.index) == ["scripted", "equal_weight"]
+    tests = res.sharpe_tests()
+    assert tests.index.tolist() == ["scripted"] and 0.0 <= tests.loc["scripted", "p_value"] <= 1.0
