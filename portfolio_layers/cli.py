@@ -58,14 +58,19 @@ def _parser() -> argparse.ArgumentParser:
     dl = dsub.add_parser(
         "download",
         help="download daily adjusted closes from Yahoo Finance into the cache",
-        description="Download daily adjusted closes from Yahoo Finance into the on-disk cache (a cached request "
-        "is not downloaded again), and optionally write them to a CSV usable with --prices.",
+        description="Download daily adjusted closes from Yahoo Finance into the on-disk cache (a cached "
+        "request is not downloaded again), and optionally write them to a CSV usable with --prices.",
     )
     dl.add_argument("tickers", nargs="+", help="symbols, e.g. AAPL MSFT or AAPL,MSFT")
     dl.add_argument("--start", required=True, help="first date (YYYY-MM-DD)")
     dl.add_argument("--end", required=True, help="end date, exclusive (YYYY-MM-DD)")
-    dl.add_argument("--cache-dir", type=Path, help="cache folder (default $PORTFOLIO_LAYERS_CACHE or ~/.cache/...)")
+    dl.add_argument(
+        "--cache-dir", type=Path, help="cache folder (default $PORTFOLIO_LAYERS_CACHE or ~/.cache/...)"
+    )
     dl.add_argument("--refresh", action="store_true", help="download again even if cached")
+    dl.add_argument(
+        "--missing", choices=["raise", "ffill", "drop"], default="raise", help="missing-price policy (raise)"
+    )
     dl.add_argument("--csv", type=Path, help="also write the prices to this CSV file")
     return parser
 
@@ -107,7 +112,9 @@ def _resolve_config(args: argparse.Namespace):
             try:
                 value = float(args.max_weight)
             except ValueError:
-                raise ConfigError(f"--max-weight must be a number in (0, 1] or 'none', got {args.max_weight!r}.")
+                raise ConfigError(
+                    f"--max-weight must be a number in (0, 1] or 'none', got {args.max_weight!r}."
+                ) from None
             config = dataclasses.replace(config, max_weight=value)
     return config
 
@@ -138,7 +145,8 @@ def _backtest(args: argparse.Namespace) -> int:
     result.save(out)
     r = result.returns
     print(
-        f"{config.prices}: {prices.shape[1]} assets, net daily returns {r.index[0].date()} to {r.index[-1].date()} "
+        f"{config.prices}: {prices.shape[1]} assets, net daily returns {r.index[0].date()} to "
+        f"{r.index[-1].date()} "
         f"({len(r)} days, {len(result.turnover)} rebalances, lookback {config.lookback}, rebalance "
         f"{config.rebalance}, costs {config.cost_bps:g} bps)"
     )
@@ -155,13 +163,16 @@ def _download(args: argparse.Namespace) -> int:
     from portfolio_layers.data.yahoo import cache_path, default_cache_dir, download_prices
 
     tickers = [t for arg in args.tickers for t in arg.replace(",", " ").split()]
-    prices = download_prices(tickers, args.start, args.end, cache_dir=args.cache_dir, refresh=args.refresh,
-                             missing="drop")
+    prices = download_prices(
+        tickers, args.start, args.end, cache_dir=args.cache_dir, refresh=args.refresh, missing=args.missing
+    )
     folder = args.cache_dir if args.cache_dir is not None else default_cache_dir()
     start, end = pd.Timestamp(args.start).date().isoformat(), pd.Timestamp(args.end).date().isoformat()
     where = cache_path([t.upper() for t in tickers], start, end, Path(folder))
-    print(f"{prices.shape[1]} tickers, {prices.shape[0]} rows from {prices.index[0].date()} to "
-          f"{prices.index[-1].date()}; cached in {where}")
+    print(
+        f"{prices.shape[1]} tickers, {prices.shape[0]} rows from {prices.index[0].date()} to "
+        f"{prices.index[-1].date()}; cached in {where}"
+    )
     if args.csv is not None:
         atomic_write_text(args.csv, prices.to_csv(index_label="date"))
         print(f"written to {args.csv} (use --prices {args.csv})")
@@ -178,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``portfolio-layers``; returns the exit status."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from portfolio_layers.errors import InputError, PortfolioLayersError
+    from portfolio_layers.errors import PortfolioLayersError
 
     try:
         if args.command == "backtest":
@@ -187,10 +198,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; files already written are complete, the rest were not written.", file=sys.stderr)
         return 130
-    except InputError as exc:
-        return _fail("error", exc, 2)
     except PortfolioLayersError as exc:
-        return _fail("error", exc, 1)
+        # Bad input (every ValueError subclass, infeasible constraints included) -> 2; a failed solver -> 1.
+        return _fail("error", exc, 2 if isinstance(exc, ValueError) else 1)
     except OSError as exc:
         return _fail("error (file system)", exc, 1)
 

@@ -7,7 +7,12 @@ from __future__ import annotations
 
 from portfolio_layers.backtest.config import BacktestConfig, default_config
 from portfolio_layers.backtest.engine import BacktestResult, build_strategy, run_backtest
-from portfolio_layers.backtest.metrics import METRIC_NAMES, SharpeTest, compute_metrics, sharpe_difference_test
+from portfolio_layers.backtest.metrics import (
+    METRIC_NAMES,
+    SharpeTest,
+    compute_metrics,
+    sharpe_difference_test,
+)
 from portfolio_layers.backtest.splits import Step, walk_forward
 from portfolio_layers.backtest.strategies import Strategy, available_strategies, make_strategy
 

@@ -43,7 +43,8 @@ class BacktestConfig:
     prices : str
         Embedded dataset name (``"sp500"``) or CSV path.
     start, end : str or None
-        Keep price rows with ``start <= date <= end``; the first trade is ``lookback`` rows after the first kept row.
+        Keep price rows with ``start <= date <= end``; the first trade is ``lookback`` rows after the
+        first kept row.
     strategies : tuple of str
         Registry names (see :func:`portfolio_layers.backtest.strategies.available_strategies`).
     lookback : int

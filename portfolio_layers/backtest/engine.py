@@ -3,10 +3,10 @@
 Protocol, for price rows ``0 .. T-1`` with simple returns ``R[s] = p[s] / p[s-1] - 1``:
 
 1. At each rebalance row t (``L, L+k, ...``) a learning strategy is first re-trained when due
-   (``fit(prices[train])``, rows ending at t), then ``weights(prices[t-L .. t], h^-)`` gives the target ``w_t``;
-   ``h^-`` are the drifted weights just before the trade (zeros before the first trade).
-2. Turnover ``tau_t = sum_i |w_t,i - h^-_i|`` costs ``c_t = cost_bps / 1e4 * tau_t``, subtracted from the return
-   of row t+1.
+   (``fit(prices[train])``, rows ending at t), then ``weights(prices[t-L .. t], h^-)`` gives the target
+   ``w_t``; ``h^-`` are the drifted weights just before the trade (zeros before the first trade).
+2. Turnover ``tau_t = sum_i |w_t,i - h^-_i|`` costs ``c_t = cost_bps / 1e4 * tau_t``, subtracted from the
+   return of row t+1.
 3. From ``h[t] = w_t`` the weights drift: ``r[s] = sum_i h[s-1,i] R[s,i]``,
    ``h[s,i] = h[s-1,i] (1 + R[s,i]) / (1 + r[s])`` until the next rebalance.
 
@@ -129,14 +129,18 @@ class BacktestResult:
         write_report(self, path)
 
     def save(self, out_dir: str | os.PathLike[str]) -> None:
-        """Write every output file into ``out_dir`` (see :func:`portfolio_layers.backtest.output.save_result`)."""
+        """Write every output file into ``out_dir`` (:func:`portfolio_layers.backtest.output.save_result`)."""
         from portfolio_layers.backtest.output import save_result
 
         save_result(self, out_dir)
 
 
 def build_strategy(name: str, config: BacktestConfig) -> Strategy:
-    """Strategy ``name`` with its ``[params.name]`` and, where it accepts them, ``max_weight`` and ``seed``."""
+    """Strategy ``name`` built with its ``[params.name]`` table.
+
+    ``config.max_weight`` and ``config.seed`` are added when the factory accepts them and the table does not
+    set them.
+    """
     params: dict[str, Any] = dict(config.params.get(name, {}))
     accepted = strategy_parameters(name) or ()
     for key in ("max_weight", "seed"):
@@ -156,7 +160,8 @@ def _check_weights(w: Any, n: int, name: str, date: pd.Timestamp) -> np.ndarray:
         raise InputError(f"strategy {name!r} returned non-finite weights on {date.date()}.")
     if abs(w.sum() - 1.0) > SUM_TOLERANCE:
         raise InputError(
-            f"strategy {name!r} returned weights summing to {w.sum():.6g} on {date.date()}; they must sum to 1 "
+            f"strategy {name!r} returned weights summing to {w.sum():.6g} on {date.date()}; they must "
+            "sum to 1 "
             f"(within {SUM_TOLERANCE:g})."
         )
     return w / w.sum()
@@ -170,7 +175,10 @@ def _simulate(
     cost_bps: float,
     progress: bool,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Run one strategy through the schedule; returns gross and net returns (T,), weights (K, n), turnover (K,)."""
+    """Run one strategy through the schedule.
+
+    Returns gross and net returns (T,) (NaN before row L+1), weights (K, n) and turnover (K,).
+    """
     T, n = R.shape
     gross = np.full(T, np.nan)
     W = np.zeros((len(steps), n))

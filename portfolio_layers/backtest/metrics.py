@@ -173,7 +173,7 @@ def sharpe_difference_test(
     returns_b: pd.Series | np.ndarray,
     periods: int = PERIODS_PER_YEAR,
 ) -> SharpeTest:
-    """Test equal Sharpe ratios of two paired return series: Jobson-Korkie (1981) with Memmel's (2003) correction.
+    """Test equal Sharpe ratios of two paired return series (Jobson-Korkie 1981, Memmel 2003 correction).
 
     With per-period Sharpe ratios ``s_a = mean_a / sd_a``, ``s_b`` and the correlation ``rho`` of the two
     series over N paired periods (iid normal returns assumed), the asymptotic variance of ``s_a - s_b`` is

@@ -1,10 +1,10 @@
 """Writing a :class:`~portfolio_layers.backtest.engine.BacktestResult` to a results folder, atomically.
 
-Files: ``metrics.json`` (``{strategy: {metric: value}}``, NaN as null), ``returns.csv`` (net daily returns, one
-column per strategy), ``weights/<strategy>.csv`` (target weights by rebalance date), ``turnover.csv``,
+Files: ``metrics.json`` (``{strategy: {metric: value}}``, NaN as null), ``returns.csv`` (net daily returns,
+one column per strategy), ``weights/<strategy>.csv`` (target weights by rebalance date), ``turnover.csv``,
 ``config.toml`` (the resolved config), ``diagnostics/<strategy>/<name>.csv`` when a strategy offers
-diagnostics, ``sharpe_tests.csv`` (vs the benchmark, when it ran) and ``report.html``. Each file is written to a
-temporary file first and moved in place, so a crash never leaves a half-written file.
+diagnostics, ``sharpe_tests.csv`` (vs the benchmark, when it ran) and ``report.html``. Each file is written to
+a temporary file first and moved in place, so a crash never leaves a half-written file.
 """
 
 from __future__ import annotations
@@ -62,7 +62,9 @@ def save_result(result: BacktestResult, out_dir: str | os.PathLike[str]) -> Path
         atomic_write_text(out / "weights" / f"{safe_name(name)}.csv", _csv(frame))
     for name, diags in result.diagnostics.items():
         for key, frame in diags.items():
-            atomic_write_text(out / "diagnostics" / safe_name(name) / f"{safe_name(key)}.csv", _csv(frame, "index"))
+            atomic_write_text(
+                out / "diagnostics" / safe_name(name) / f"{safe_name(key)}.csv", _csv(frame, "index")
+            )
     if result.config.benchmark in result.returns.columns and result.returns.shape[1] > 1:
         atomic_write_text(out / "sharpe_tests.csv", _csv(result.sharpe_tests(), "strategy"))
     result.to_html(out / "report.html")

@@ -60,7 +60,9 @@ def _weights_plot(name: str, weights: pd.DataFrame) -> str:
     ax = fig.subplots()
     values = weights.to_numpy()
     if (values >= -1e-12).all():
-        ax.stackplot(weights.index, np.clip(values, 0, None).T, labels=[str(c) for c in weights.columns], step="post")
+        ax.stackplot(
+            weights.index, np.clip(values, 0, None).T, labels=[str(c) for c in weights.columns], step="post"
+        )
         ax.set_ylim(0, 1)
     else:
         for col in weights.columns:
@@ -84,13 +86,15 @@ def render_report(result: BacktestResult) -> str:
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>portfolio_layers backtest</title>",
         f"<style>{_CSS}</style></head><body>",
         "<h1>Walk-forward backtest</h1>",
-        f"<p>Prices <code>{html.escape(cfg.prices)}</code>, {len(r)} daily returns from {r.index[0].date()} to "
+        f"<p>Prices <code>{html.escape(cfg.prices)}</code>, {len(r)} daily returns from "
+        f"{r.index[0].date()} to "
         f"{r.index[-1].date()}, {len(result.turnover)} rebalances every {cfg.rebalance} rows, lookback "
         f"{cfg.lookback} rows, costs {cfg.cost_bps:g} bps of turnover, {len(result.fit_dates)} re-training "
         f"date(s) for learning strategies ({cfg.window} window).</p>",
         "<h2>Metrics</h2>",
         _table(result.metrics),
-        "<p class='note'>Net daily returns, 252 periods per year, rf = 0. turnover = mean sum |w - h<sup>-</sup>| "
+        "<p class='note'>Net daily returns, 252 periods per year, rf = 0. turnover = mean sum |w - "
+        "h<sup>-</sup>| "
         "over the rebalances after the first.</p>",
     ]
     if cfg.benchmark in r.columns and r.shape[1] > 1:

@@ -71,7 +71,8 @@ def walk_forward(
     retrain_every : int, optional
         Rows between re-trainings; None means no ``train`` ranges (no strategy learns).
     train_window : int, optional
-        Rolling training window length in rows (required when ``window="rolling"`` and ``retrain_every`` is set).
+        Rolling training window length in rows (required when ``window="rolling"`` and
+        ``retrain_every`` is set).
     window : {"rolling", "expanding"}
         Training window type.
 
@@ -98,7 +99,8 @@ def walk_forward(
             raise ConfigError(f"a rolling training window needs train_window >= 2, got {train_window}.")
     if n_rows < lookback + 2:
         raise DataError(
-            f"too few rows: {n_rows} price row(s) for lookback {lookback}; at least {lookback + 2} are needed "
+            f"too few rows: {n_rows} price row(s) for lookback {lookback}; at least {lookback + 2} are "
+            "needed "
             "(lookback + 1 rows to decide, one more to hold). Use a longer date range or a shorter lookback."
         )
     rows = list(range(lookback, n_rows - 1, rebalance))

@@ -3,10 +3,10 @@
 A strategy is any object with
 
 - ``name: str``;
-- ``fit(prices) -> None``: called by the engine on the training window (price rows ending at the rebalance row)
-  when a re-training is due; classical strategies do nothing;
-- ``weights(prices, current) -> ndarray (n,)``: target weights from the price rows ``t-L .. t``; ``current`` are
-  the drifted weights just before the trade (zeros before the first one);
+- ``fit(prices) -> None``: called by the engine on the training window (price rows ending at the rebalance
+  row) when a re-training is due; classical strategies do nothing;
+- ``weights(prices, current) -> ndarray (n,)``: target weights from the price rows ``t-L .. t``; ``current``
+  are the drifted weights just before the trade (zeros before the first one);
 - optionally ``diagnostics() -> dict[str, DataFrame]`` (for example training curves), read after the run.
 
 :func:`make_strategy` builds one from a registry name with explicit keyword arguments. The classical
@@ -198,7 +198,7 @@ class EqualWeight(_Classical):
 
 
 class InverseVolatility(_Classical):
-    """``w_i`` proportional to ``1 / std(R_i)`` over the lookback, capped at ``max_weight`` (excess pro rata)."""
+    """``w_i`` proportional to ``1 / std(R_i)`` over the lookback, capped at ``max_weight`` (pro rata)."""
 
     name = "inverse_volatility"
 
@@ -269,7 +269,8 @@ def _learned(name: str, **params: Any) -> Strategy:
         factory = module.make_learned_strategy
     except (ImportError, AttributeError) as exc:
         raise ConfigError(
-            f"strategy {name!r} needs portfolio_layers.models.strategy.make_learned_strategy, which could not be "
+            f"strategy {name!r} needs portfolio_layers.models.strategy.make_learned_strategy, which "
+            "could not be "
             f"imported ({exc}); use a classical strategy or install the package completely."
         ) from exc
     return factory(name, **params)

@@ -98,8 +98,10 @@ def load_prices(
         path = Path(key)
         if not path.is_file():
             raise DataError(
-                f"price source {key!r} is neither an embedded dataset ({', '.join(sorted(EMBEDDED_DATASETS))}) "
-                "nor an existing CSV file; pass one of those names or the path of a CSV whose first column holds "
+                f"price source {key!r} is neither an embedded dataset "
+                f"({', '.join(sorted(EMBEDDED_DATASETS))}) "
+                "nor an existing CSV file; pass one of those names or the path of a CSV whose first "
+                "column holds "
                 "dates and the others one asset each."
             )
         raw = _read_csv(path, str(path))
@@ -116,7 +118,7 @@ def slice_dates(
     min_rows: int | None = None,
     source: str = "prices",
 ) -> pd.DataFrame:
-    """Rows of ``prices`` (validated, DatetimeIndex) with ``start <= date <= end``; error if too few remain."""
+    """Rows of validated ``prices`` with ``start <= date <= end``; a DataError if too few remain."""
     try:
         lo = pd.Timestamp(start) if start is not None else None
         hi = pd.Timestamp(end) if end is not None else None

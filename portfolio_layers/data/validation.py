@@ -1,7 +1,7 @@
 """Validation of price tables: every problem is a :class:`DataError` naming the column and the date.
 
-Missing values are never filled silently: ``missing="raise"`` (the default) reports them, ``"ffill"`` carries the
-last price forward and ``"drop"`` removes every row with a missing price.
+Missing values are never filled silently: ``missing="raise"`` (the default) reports them, ``"ffill"`` carries
+the last price forward and ``"drop"`` removes every row with a missing price.
 """
 
 from __future__ import annotations
@@ -85,7 +85,8 @@ def validate_prices(
     if (steps < 0).any():
         pos = int(np.argmax(steps < 0)) + 1
         raise DataError(
-            f"{source}: dates are not sorted: {_date(out.index, pos)} comes after {_date(out.index, pos - 1)}; "
+            f"{source}: dates are not sorted: {_date(out.index, pos)} comes after "
+            f"{_date(out.index, pos - 1)}; "
             "sort the rows by date (prices.sort_index())."
         )
     for col in out.columns:
@@ -107,7 +108,8 @@ def validate_prices(
         if bad.any():
             pos = int(np.argmax(bad))
             raise DataError(
-                f"{source}: column {col!r} has a non-positive price ({column[pos]:g}) on {_date(out.index, pos)}; "
+                f"{source}: column {col!r} has a non-positive price ({column[pos]:g}) on "
+                f"{_date(out.index, pos)}; "
                 "prices (not returns) are expected, all > 0."
             )
     nan_mask = np.isnan(values)
@@ -116,7 +118,8 @@ def validate_prices(
             j = int(np.argmax(nan_mask.any(axis=0)))
             pos = int(np.argmax(nan_mask[:, j]))
             raise DataError(
-                f"{source}: column {out.columns[j]!r} has {int(nan_mask[:, j].sum())} missing price(s), the first "
+                f"{source}: column {out.columns[j]!r} has {int(nan_mask[:, j].sum())} missing price(s), "
+                "the first "
                 f"on {_date(out.index, pos)}; pass missing='ffill' (carry the last price forward) or "
                 "missing='drop' (drop rows with a missing price), or fix the data."
             )
@@ -126,14 +129,16 @@ def validate_prices(
             if lead.any():
                 j = int(np.argmax(lead.any(axis=0)))
                 raise DataError(
-                    f"{source}: column {out.columns[j]!r} has no price before {_date(out.index, int(lead[:, j].sum()))}"
+                    f"{source}: column {out.columns[j]!r} has no price before "
+                    f"{_date(out.index, int(lead[:, j].sum()))}"
                     "; forward filling cannot fill leading gaps: start later or use missing='drop'."
                 )
         else:
             out = out.dropna(how="any")
     if min_rows is not None and out.shape[0] < min_rows:
         raise DataError(
-            f"{source}: too few rows: {out.shape[0]} price row(s), at least {min_rows} needed for the requested "
+            f"{source}: too few rows: {out.shape[0]} price row(s), at least {min_rows} needed for the "
+            "requested "
             "window; use a longer date range or a shorter lookback."
         )
     out.index.name = "date"

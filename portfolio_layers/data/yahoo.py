@@ -1,7 +1,7 @@
 """Daily adjusted closes from Yahoo Finance (``yfinance``) with an on-disk cache.
 
-A request ``(tickers, start, end)`` is stored as one CSV file in the cache directory; the same request again is
-answered from the file without touching the network. The cache directory is, in order: the ``cache_dir``
+A request ``(tickers, start, end)`` is stored as one CSV file in the cache directory; the same request again
+is answered from the file without touching the network. The cache directory is, in order: the ``cache_dir``
 argument, the ``PORTFOLIO_LAYERS_CACHE`` environment variable, ``$XDG_CACHE_HOME/portfolio_layers/prices``,
 ``~/.cache/portfolio_layers/prices``.
 """
@@ -171,14 +171,16 @@ def _fetch(symbols: list[str], start: str, end: str, path: Path) -> pd.DataFrame
         ) from exc
     if raw is None or raw.shape[0] == 0:
         raise DataUnavailableError(
-            f"Yahoo Finance returned no data for {symbols} from {start} to {end}: the machine may be offline, the "
+            f"Yahoo Finance returned no data for {symbols} from {start} to {end}: the machine may be "
+            "offline, the "
             f"symbols unknown, or the range empty. {offline_hint}"
         )
     closes = _closes(raw, symbols)
     empty = [s for s in symbols if closes[s].isna().all()]
     if len(empty) == len(symbols):
         raise DataUnavailableError(
-            f"Yahoo Finance returned no prices for any of {symbols} from {start} to {end}: the machine may be "
+            f"Yahoo Finance returned no prices for any of {symbols} from {start} to {end}: the machine "
+            "may be "
             f"offline or the symbols unknown. {offline_hint}"
         )
     if empty:

@@ -41,7 +41,10 @@ def test_default_toml_matches_built_in_default_run():
         ("cost_bps = -1", "'cost_bps' must be a finite number >= 0"),
         ("window = 'sliding'", "'window' must be one of"),
         ('strategies = ["a", "a"]', "lists a strategy twice"),
-        ('strategies = ["equal_weight"]\n[params.min_variance]\nsolver = "qp"', r"\[params.min_variance\] is given"),
+        (
+            'strategies = ["equal_weight"]\n[params.min_variance]\nsolver = "qp"',
+            r"\[params.min_variance\] is given",
+        ),
         ("lookback = ", "not valid TOML"),
     ],
 )
@@ -93,5 +96,8 @@ def test_save_writes_every_output(tmp_path):
     assert "diag: training curve" in html2
     assert (tmp_path / "b" / "diagnostics" / "diag" / "training_curve.csv").is_file()
     # The resolved config reflects the strategies actually run.
-    assert tomllib.loads((tmp_path / "b" / "config.toml").read_text())["strategies"] == ["diag", "equal_weight"]
+    assert tomllib.loads((tmp_path / "b" / "config.toml").read_text())["strategies"] == [
+        "diag",
+        "equal_weight",
+    ]
     assert not list((tmp_path / "a").glob(".*.tmp"))

@@ -46,7 +46,9 @@ def test_hand_computed_drift_turnover_and_costs():
     # Row 5: r = .2*(-.5) + .5*1 = .4, minus 1% * tau_4.
     expected = [0.02 - 0.01, -0.046 / 1.02, 0.4 - 0.01 * 0.774 / 0.974]
     np.testing.assert_allclose(res.returns["scripted"].to_numpy(), expected, rtol=0, atol=1e-12)
-    np.testing.assert_allclose(res.gross_returns["scripted"].to_numpy(), [0.02, -0.046 / 1.02, 0.4], atol=1e-12)
+    np.testing.assert_allclose(
+        res.gross_returns["scripted"].to_numpy(), [0.02, -0.046 / 1.02, 0.4], atol=1e-12
+    )
     np.testing.assert_allclose(res.turnover["scripted"].to_numpy(), [1.0, 0.774 / 0.974], atol=1e-12)
     # The strategy saw rows t-L..t and the drifted weights just before each trade.
     assert [list(s) for s in strat.seen] == [list(prices.index[0:3]), list(prices.index[2:5])]
@@ -87,7 +89,9 @@ class Recorder:
     cut=st.floats(0.0, 1.0),
     seed=st.integers(0, 2**16),
 )
-def test_no_strategy_can_see_the_future(n_rows, n_assets, lookback, rebalance, retrain_every, window, cut, seed):
+def test_no_strategy_can_see_the_future(
+    n_rows, n_assets, lookback, rebalance, retrain_every, window, cut, seed
+):
     if n_rows < lookback + 2:
         return
     rng = np.random.default_rng(seed)
@@ -97,14 +101,22 @@ def test_no_strategy_can_see_the_future(n_rows, n_assets, lookback, rebalance, r
     q = p.copy()
     q.iloc[c:] *= np.exp(rng.normal(0, 0.5, (n_rows - c, n_assets)))
     cfg = BacktestConfig(
-        lookback=lookback, rebalance=rebalance, retrain_every=retrain_every, train_window=3, window=window,
-        cost_bps=5.0, strategies=("recorder",), benchmark=None,
+        lookback=lookback,
+        rebalance=rebalance,
+        retrain_every=retrain_every,
+        train_window=3,
+        window=window,
+        cost_bps=5.0,
+        strategies=("recorder",),
+        benchmark=None,
     )
     a, b = Recorder(), Recorder()
     ra, rb = run_backtest(p, [a], cfg), run_backtest(q, [b], cfg)
     before = ra.weights["recorder"].index < idx[c]
     assert before.sum() >= (1 if c > lookback else 0)
-    np.testing.assert_array_equal(ra.weights["recorder"][before].to_numpy(), rb.weights["recorder"][before].to_numpy())
+    np.testing.assert_array_equal(
+        ra.weights["recorder"][before].to_numpy(), rb.weights["recorder"][before].to_numpy()
+    )
     # Net returns of rows before the perturbation are identical too.
     early = ra.returns.index < idx[c]
     np.testing.assert_array_equal(ra.returns[early].to_numpy(), rb.returns[early].to_numpy())
@@ -153,8 +165,15 @@ def test_fit_schedule_rolling_and_expanding():
 
     for window, first_rows in (("rolling", [1, 6, 11]), ("expanding", [0, 0, 0])):
         spy = Spy()
-        cfg = BacktestConfig(lookback=5, rebalance=3, retrain_every=5, train_window=10, window=window,
-                             strategies=("recorder",), benchmark=None)
+        cfg = BacktestConfig(
+            lookback=5,
+            rebalance=3,
+            retrain_every=5,
+            train_window=10,
+            window=window,
+            strategies=("recorder",),
+            benchmark=None,
+        )
         res = run_backtest(p, [spy], cfg)
         # Rebalances at rows 5, 8, ..., 26; fits at 5, 11 (>= 5+5), 17, 23.
         assert list(res.fit_dates) == list(idx[[5, 11, 17, 23]])
@@ -180,7 +199,9 @@ def test_diagnostics_are_kept_and_benchmark_test_runs():
     p = _hand_prices()
     s = Scripted([[0.5, 0.3, 0.2], [0.2, 0.3, 0.5]], name="scripted")
     s.diagnostics = lambda: {"loss": pd.DataFrame({"train": [3.0, 2.0, 1.5]})}
-    cfg = BacktestConfig(lookback=2, rebalance=2, strategies=("scripted", "equal_weight"), benchmark="equal_weight")
+    cfg = BacktestConfig(
+        lookback=2, rebalance=2, strategies=("scripted", "equal_weight"), benchmark="equal_weight"
+    )
     res = run_backtest(p, [s, "equal_weight"], cfg)
     assert list(res.diagnostics) == ["scripted"]
     assert res.diagnostics["scripted"]["loss"]["train"].tolist() == [3.0, 2.0, 1.5]

@@ -24,7 +24,9 @@ def test_small_schedule_by_hand():
     train_window=st.integers(2, 60),
     window=st.sampled_from(["rolling", "expanding"]),
 )
-def test_folds_never_look_ahead_and_holds_partition(n_rows, lookback, rebalance, retrain_every, train_window, window):
+def test_folds_never_look_ahead_and_holds_partition(
+    n_rows, lookback, rebalance, retrain_every, train_window, window
+):
     if n_rows < lookback + 2:
         with pytest.raises(DataError, match="too few rows"):
             walk_forward(n_rows, lookback, rebalance)

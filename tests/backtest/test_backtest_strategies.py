@@ -19,8 +19,11 @@ def _prices(n=4, rows=120, seed=0):
     rng = np.random.default_rng(seed)
     vols = np.linspace(0.01, 0.03, n)
     idx = pd.date_range("2020-01-01", periods=rows, freq="B")
-    return pd.DataFrame(np.exp(np.cumsum(rng.normal(0.0003, vols, (rows, n)), axis=0)), index=idx,
-                        columns=[f"A{i}" for i in range(n)])
+    return pd.DataFrame(
+        np.exp(np.cumsum(rng.normal(0.0003, vols, (rows, n)), axis=0)),
+        index=idx,
+        columns=[f"A{i}" for i in range(n)],
+    )
 
 
 def test_simplex_projection_by_hand():
@@ -60,6 +63,7 @@ def test_classical_strategies_on_data():
     others = rng.dirichlet(np.ones(4), 2000)
     assert mv @ cov @ mv <= np.min(np.einsum("ki,ij,kj->k", others, cov, others)) + 1e-12
     mean_var = make_strategy("mean_variance", risk_aversion=3.0, max_weight=0.4).weights(p, np.zeros(4))
+
     def objective(w):  # rows of w are portfolios
         w = np.atleast_2d(w)
         return w @ R.mean(0) - 1.5 * np.einsum("ki,ij,kj->k", w, cov, w)
@@ -70,7 +74,12 @@ def test_classical_strategies_on_data():
 
 
 def test_registry_errors():
-    assert available_strategies()[:4] == ("equal_weight", "inverse_volatility", "min_variance", "mean_variance")
+    assert available_strategies()[:4] == (
+        "equal_weight",
+        "inverse_volatility",
+        "min_variance",
+        "mean_variance",
+    )
     with pytest.raises(ConfigError, match="unknown strategy 'nope'; available: equal_weight"):
         make_strategy("nope")
     with pytest.raises(ConfigError, match=r"has no parameter\(s\) \['gamma'\]; it accepts"):
@@ -87,7 +96,9 @@ def test_registry_errors():
 
 def test_learned_strategy_import_failure_is_a_config_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "portfolio_layers.models.strategy", None)
-    with pytest.raises(ConfigError, match="'e2e' needs portfolio_layers.models.strategy.make_learned_strategy"):
+    with pytest.raises(
+        ConfigError, match="'e2e' needs portfolio_layers.models.strategy.make_learned_strategy"
+    ):
         make_strategy("e2e")
 
 

@@ -22,7 +22,11 @@ def test_clean_prices_pass_unchanged():
 
 @pytest.mark.parametrize(
     ("value", "words"),
-    [(0.0, ["non-positive", "'B'", "2020-01-03"]), (-1.0, ["non-positive", "'B'"]), (np.inf, ["non-finite", "'B'"])],
+    [
+        (0.0, ["non-positive", "'B'", "2020-01-03"]),
+        (-1.0, ["non-positive", "'B'"]),
+        (np.inf, ["non-finite", "'B'"]),
+    ],
 )
 def test_bad_price_names_column_and_date(value, words):
     p = _prices()
