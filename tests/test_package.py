@@ -11,7 +11,8 @@ def test_version_is_exposed():
 
 
 @pytest.mark.parametrize(
-    "cls", [errors.ShapeError, errors.DataError, errors.InfeasibleError, errors.ConfigError, errors.LookAheadError]
+    "cls",
+    [errors.ShapeError, errors.DataError, errors.InfeasibleError, errors.ConfigError, errors.LookAheadError],
 )
 def test_bad_input_errors_are_value_errors(cls):
     assert issubclass(cls, ValueError)
