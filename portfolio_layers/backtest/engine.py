@@ -38,6 +38,9 @@ from portfolio_layers.errors import ConfigError, InputError
 
 logger = logging.getLogger(__name__)
 
+#: Config fields handed to every strategy factory that takes a keyword of the same name.
+SHARED_SETTINGS = ("max_weight", "seed", "cost_bps", "rebalance")
+
 #: Largest accepted ``|sum(w) - 1|`` of the weights a strategy returns (they are then divided by their sum).
 SUM_TOLERANCE = 1e-4
 
@@ -138,12 +141,13 @@ class BacktestResult:
 def build_strategy(name: str, config: BacktestConfig) -> Strategy:
     """Strategy ``name`` built with its ``[params.name]`` table.
 
-    ``config.max_weight`` and ``config.seed`` are added when the factory accepts them and the table does not
-    set them.
+    The shared settings ``max_weight``, ``seed``, ``cost_bps`` and ``rebalance`` of ``config`` are added when
+    the factory accepts a keyword of that name and the table does not set it (so a learning strategy trains
+    with the costs and rebalance step it is evaluated with).
     """
     params: dict[str, Any] = dict(config.params.get(name, {}))
     accepted = strategy_parameters(name) or ()
-    for key in ("max_weight", "seed"):
+    for key in SHARED_SETTINGS:
         value = getattr(config, key)
         if value is not None and key not in params and key in accepted:
             params[key] = value
@@ -238,12 +242,9 @@ def run_backtest(
     names = [s.name for s in built]
     if len(set(names)) != len(names):
         raise ConfigError(f"strategy names must be unique, got {names}.")
-    if [s for s in items if isinstance(s, str)] != list(config.strategies) or len(built) != len(
-        config.strategies
-    ):
-        config = dataclasses.replace(
-            config, strategies=tuple(names), params={k: v for k, v in config.params.items() if k in names}
-        )
+    if tuple(names) != config.strategies:  # record what actually runs (config.toml, report)
+        params = {k: v for k, v in config.params.items() if k in names}
+        config = dataclasses.replace(config, strategies=tuple(names), params=params)
     P = prices.to_numpy()
     R = np.zeros_like(P)
     R[1:] = P[1:] / P[:-1] - 1.0

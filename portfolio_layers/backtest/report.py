@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+from matplotlib import colormaps
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter, ScalarFormatter
 
 from portfolio_layers.data.atomic import atomic_write_text
 
@@ -47,6 +49,8 @@ def _lines(frame: pd.DataFrame, title: str, ylabel: str, *, logy: bool = False) 
         ax.plot(numeric.index, numeric[col].to_numpy(), label=str(col), linewidth=1.2)
     if logy and (numeric.to_numpy() > 0).all():
         ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(ScalarFormatter())
+        ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set_title(title)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
@@ -59,6 +63,7 @@ def _weights_plot(name: str, weights: pd.DataFrame) -> str:
     fig = Figure(figsize=(10, 4))
     ax = fig.subplots()
     values = weights.to_numpy()
+    ax.set_prop_cycle(color=[colormaps["tab20"](i % 20) for i in range(weights.shape[1])])
     if (values >= -1e-12).all():
         ax.stackplot(
             weights.index, np.clip(values, 0, None).T, labels=[str(c) for c in weights.columns], step="post"
