@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from portfolio_layers.backtest.config import BacktestConfig
 from portfolio_layers.backtest.metrics import METRIC_NAMES, compute_metrics, drawdowns, sharpe_difference_test

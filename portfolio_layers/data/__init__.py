@@ -1,4 +1,4 @@
-"""Market data: embedded dataset, CSV and Yahoo Finance loaders, validation, atomic writes.
+"""Market data: embedded dataset, CSV and Yahoo Finance loaders, validation, features, atomic writes.
 
 Prices are date-indexed DataFrames, one column per asset (prices, not returns).
 """
@@ -6,6 +6,7 @@ Prices are date-indexed DataFrames, one column per asset (prices, not returns).
 from __future__ import annotations
 
 from portfolio_layers.data.atomic import atomic_write_bytes, atomic_write_text
+from portfolio_layers.data.features import FeatureSet, price_features
 from portfolio_layers.data.loaders import EMBEDDED_DATASETS, load_embedded, load_prices, slice_dates
 from portfolio_layers.data.validation import MISSING_OPTIONS, validate_prices
 from portfolio_layers.data.yahoo import CACHE_ENV, default_cache_dir, download_prices
@@ -13,6 +14,7 @@ from portfolio_layers.data.yahoo import CACHE_ENV, default_cache_dir, download_p
 __all__ = [
     "CACHE_ENV",
     "EMBEDDED_DATASETS",
+    "FeatureSet",
     "MISSING_OPTIONS",
     "atomic_write_bytes",
     "atomic_write_text",
@@ -20,6 +22,7 @@ __all__ = [
     "download_prices",
     "load_embedded",
     "load_prices",
+    "price_features",
     "slice_dates",
     "validate_prices",
 ]
