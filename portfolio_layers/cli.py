@@ -47,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     bt.add_argument("--max-weight", help="per-asset cap in (0, 1], or 'none' to remove the cap")
     bt.add_argument("--start", help="first price date kept (YYYY-MM-DD)")
     bt.add_argument("--end", help="last price date kept (YYYY-MM-DD)")
+    bt.add_argument("--trade-start", help="first date a trade may happen; earlier rows are history only")
     bt.add_argument("--seed", type=int, help="seed passed to strategies that take one")
     bt.add_argument("--benchmark", help="strategy the others are tested against (Sharpe difference)")
     bt.add_argument("--missing", choices=["raise", "ffill", "drop"], help="missing-price policy")
@@ -96,6 +97,7 @@ def _resolve_config(args: argparse.Namespace):
         "cost_bps": args.cost_bps,
         "start": args.start,
         "end": args.end,
+        "trade_start": args.trade_start,
         "seed": args.seed,
         "benchmark": args.benchmark,
         "missing": args.missing,
@@ -104,6 +106,14 @@ def _resolve_config(args: argparse.Namespace):
         names = tuple(s.strip() for s in args.strategies.split(",") if s.strip())
         params = {k: v for k, v in config.params.items() if k in names}
         config = dataclasses.replace(config, strategies=names, params=params)
+    if args.start is not None and args.trade_start is None and config.trade_start is not None:
+        # A new period: trade from row L of it, not from the config's trade_start.
+        print(
+            f"note: --start given without --trade-start: trading starts {args.lookback or config.lookback} "
+            f"rows after {args.start} (the config's trade_start {config.trade_start} is not used).",
+            file=sys.stderr,
+        )
+        config = dataclasses.replace(config, trade_start=None)
     config = config.override(**changes)
     if args.max_weight is not None:
         if args.max_weight.lower() == "none":

@@ -24,6 +24,7 @@ def test_backtest_end_to_end(tmp_path, monkeypatch, capsys):
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "built-in default run" in captured.err
+    assert "--start given without --trade-start" in captured.err
     lines = captured.out.splitlines()
     header = next(line for line in lines if "annual_return" in line)
     assert header.split() == [
@@ -45,6 +46,7 @@ def test_backtest_end_to_end(tmp_path, monkeypatch, capsys):
         assert (out / "weights" / f"{name}.csv").is_file()
     config = (out / "config.toml").read_text()
     assert "lookback = 60" in config and 'start = "2021-01-01"' in config and "risk_aversion = 5.0" in config
+    assert "trade_start" not in config
     assert (out / "report.html").stat().st_size > 10_000
 
 
@@ -89,8 +91,9 @@ def test_bad_input_is_one_paragraph_and_exit_2(tmp_path, capsys, args, match):
     code = main(["backtest", *SMALL, "--out", str(tmp_path / "x"), *args])
     err = capsys.readouterr().err
     assert code == 2
-    assert err.startswith("error: ") and "Traceback" not in err
-    assert match in " ".join(err.split())
+    assert "Traceback" not in err
+    message = err[err.index("error: ") :]
+    assert match in " ".join(message.split()) and message.count("\n\n") == 0
     assert not (tmp_path / "x" / "metrics.json").exists()
 
 

@@ -3,7 +3,8 @@
 Example ``backtests/configs/default.toml``::
 
     prices = "sp500"
-    start = "2012-01-01"
+    start = "2010-01-01"
+    trade_start = "2013-01-01"
     strategies = ["equal_weight", "inverse_volatility", "min_variance", "mean_variance"]
     lookback = 252
     rebalance = 21
@@ -43,8 +44,11 @@ class BacktestConfig:
     prices : str
         Embedded dataset name (``"sp500"``) or CSV path.
     start, end : str or None
-        Keep price rows with ``start <= date <= end``; the first trade is ``lookback`` rows after the
-        first kept row.
+        Keep price rows with ``start <= date <= end`` (row 0 is the first kept row).
+    trade_start : str or None
+        First date on which a trade may happen (the first rebalance is the first row on or after it, and no
+        earlier than row ``lookback``); the rows before only serve as history (lookback and training data).
+        None: the first rebalance is row ``lookback``.
     strategies : tuple of str
         Registry names (see :func:`portfolio_layers.backtest.strategies.available_strategies`).
     lookback : int
@@ -74,6 +78,7 @@ class BacktestConfig:
     prices: str = "sp500"
     start: str | None = None
     end: str | None = None
+    trade_start: str | None = None
     strategies: tuple[str, ...] = DEFAULT_STRATEGIES
     lookback: int = 252
     rebalance: int = 21
@@ -113,7 +118,7 @@ class BacktestConfig:
             raise ConfigError(f"config key 'missing' must be one of {MISSING}, got {self.missing!r}.")
         if not isinstance(self.prices, str) or not self.prices:
             raise ConfigError(f"config key 'prices' must be a dataset name or CSV path, got {self.prices!r}.")
-        for name in ("start", "end"):
+        for name in ("start", "end", "trade_start"):
             value = getattr(self, name)
             if isinstance(value, _dt.date):
                 set_(self, name, value.isoformat())
@@ -204,13 +209,15 @@ class BacktestConfig:
 def default_config() -> BacktestConfig:
     """The default run (``backtests/configs/default.toml``, used when that file is not found).
 
-    The embedded S&P 500 dataset from 2012-01-01 (first trade 252 rows later, early 2013, to 2022-12-28),
-    the four classical strategies, lookback 252, monthly (21-row) rebalance, 10 bps costs, a 25% cap per
-    asset, and risk aversion 5 for mean-variance.
+    The embedded S&P 500 dataset from 2010-01-01, trading from 2013-01-02 to 2022-12-28 (ten years; the
+    three years before are history for the lookback and for training learning strategies), the four
+    classical strategies, lookback 252, monthly (21-row) rebalance, 10 bps costs, a 25% cap per asset, and
+    risk aversion 5 for mean-variance.
     """
     return BacktestConfig(
         prices="sp500",
-        start="2012-01-01",
+        start="2010-01-01",
+        trade_start="2013-01-01",
         strategies=DEFAULT_STRATEGIES,
         lookback=252,
         rebalance=21,

@@ -2,7 +2,8 @@
 
 Protocol, for price rows ``0 .. T-1`` with simple returns ``R[s] = p[s] / p[s-1] - 1``:
 
-1. At each rebalance row t (``L, L+k, ...``) a learning strategy is first re-trained when due
+1. At each rebalance row t (``t0, t0+k, ...`` with ``t0 = L``, or the first row on or after
+   ``config.trade_start`` when that is later) a learning strategy is first re-trained when due
    (``fit(prices[train])``, rows ending at t), then ``weights(prices[t-L .. t], h^-)`` gives the target
    ``w_t``; ``h^-`` are the drifted weights just before the trade (zeros before the first trade).
 2. Turnover ``tau_t = sum_i |w_t,i - h^-_i|`` costs ``c_t = cost_bps / 1e4 * tau_t``, subtracted from the
@@ -52,7 +53,8 @@ class BacktestResult:
     Attributes
     ----------
     returns : DataFrame of shape (N, S)
-        Net daily returns of rows ``L+1 .. T-1`` (dates as index).
+        Net daily returns of rows ``t0+1 .. T-1`` (dates as index), ``t0`` the first rebalance row
+        (``L``, or the first row on or after ``config.trade_start`` if later).
     gross_returns : DataFrame of shape (N, S)
         Daily returns before costs.
     weights : dict of str to DataFrame of shape (K, n)
@@ -210,6 +212,17 @@ def _simulate(
     return gross, net, W, tau
 
 
+def _first_row(index: pd.DatetimeIndex, trade_start: str | None) -> int | None:
+    """Position of the first date ``>= trade_start`` (None when trading may start at row L)."""
+    if trade_start is None:
+        return None
+    try:
+        when = pd.Timestamp(trade_start)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"trade_start={trade_start!r} is not a date; use the form 2015-01-31.") from exc
+    return int(index.searchsorted(when, side="left"))
+
+
 def run_backtest(
     prices: pd.DataFrame,
     strategies: Sequence[str | Strategy] | None = None,
@@ -255,17 +268,19 @@ def run_backtest(
         retrain_every=config.retrain_every,
         train_window=config.train_window,
         window=config.window,
+        first_row=_first_row(prices.index, config.trade_start),
     )
     dates = prices.index[[s.t for s in steps]]
-    held = prices.index[config.lookback + 1 :]
+    t0 = steps[0].t
+    held = prices.index[t0 + 1 :]
     returns, gross_returns, turnover, weights, metrics, diagnostics, seconds = {}, {}, {}, {}, {}, {}, {}
     for strategy in built:
         tic = time.perf_counter()
         gross, net, W, tau = _simulate(strategy, prices, R, steps, config.cost_bps, progress)
         seconds[strategy.name] = time.perf_counter() - tic
         logger.info("%s: %d rebalances in %.1fs", strategy.name, len(steps), seconds[strategy.name])
-        returns[strategy.name] = net[config.lookback + 1 :]
-        gross_returns[strategy.name] = gross[config.lookback + 1 :]
+        returns[strategy.name] = net[t0 + 1 :]
+        gross_returns[strategy.name] = gross[t0 + 1 :]
         turnover[strategy.name] = tau
         weights[strategy.name] = pd.DataFrame(W, index=dates, columns=prices.columns)
         metrics[strategy.name] = compute_metrics(returns[strategy.name], tau)

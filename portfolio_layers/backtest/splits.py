@@ -1,7 +1,9 @@
 """Walk-forward schedule: which price rows a strategy may see, when it is re-trained, which rows it holds.
 
-Rows are positions ``0 .. T-1`` of the price table. With lookback ``L`` and rebalance step ``k`` the rebalance
-rows are ``t = L, L+k, L+2k, ...`` while ``t <= T-2`` (a trade needs at least one later row to be held). At t:
+Rows are positions ``0 .. T-1`` of the price table. With lookback ``L`` and rebalance step ``k`` the
+rebalance rows are ``t = t0, t0+k, t0+2k, ...`` while ``t <= T-2`` (a trade needs at least one later row to
+be held), with ``t0 = L`` by default, or ``t0 = max(L, first_row)`` when trading may only start at
+``first_row`` (the rows before it are then history only: lookback and training data). At t:
 
 - ``view = t-L .. t``: the rows passed to ``strategy.weights`` (never a row after t);
 - ``train``: the rows passed to ``strategy.fit`` when a re-training is due: ``max(0, t+1-train_window) .. t``
@@ -10,7 +12,7 @@ rows are ``t = L, L+k, L+2k, ...`` while ``t <= T-2`` (a trade needs at least on
 - ``hold = t+1 .. t'`` with t' the next rebalance row (or ``T-1`` after the last one): the rows whose returns
   the weights chosen at t earn.
 
-The hold ranges partition rows ``L+1 .. T-1``. Every range ends at or before t (see the tests).
+The hold ranges partition rows ``t0+1 .. T-1``. Every range ends at or before t (see the tests).
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ def walk_forward(
     retrain_every: int | None = None,
     train_window: int | None = None,
     window: str = "rolling",
+    first_row: int | None = None,
 ) -> list[Step]:
     """The rebalance steps of a walk-forward backtest over ``n_rows`` price rows.
 
@@ -75,6 +78,8 @@ def walk_forward(
         ``retrain_every`` is set).
     window : {"rolling", "expanding"}
         Training window type.
+    first_row : int, optional
+        First row at which a trade may happen; the first rebalance is ``max(L, first_row)``.
 
     Returns
     -------
@@ -103,7 +108,13 @@ def walk_forward(
             "needed "
             "(lookback + 1 rows to decide, one more to hold). Use a longer date range or a shorter lookback."
         )
-    rows = list(range(lookback, n_rows - 1, rebalance))
+    t0 = lookback if first_row is None else max(lookback, int(first_row))
+    if t0 > n_rows - 2:
+        raise DataError(
+            f"no trade possible: the first trade row {t0} leaves no row to hold (the data has {n_rows} "
+            "rows); move trade_start earlier or extend the data."
+        )
+    rows = list(range(t0, n_rows - 1, rebalance))
     steps: list[Step] = []
     last_fit: int | None = None
     for i, t in enumerate(rows):

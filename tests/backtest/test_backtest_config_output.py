@@ -27,7 +27,17 @@ def test_toml_roundtrip_and_overrides(tmp_path):
 def test_default_toml_matches_built_in_default_run():
     from_file = BacktestConfig.from_toml(REPO / "backtests" / "configs" / "default.toml")
     built_in = default_config()
-    for key in ("prices", "start", "end", "lookback", "rebalance", "cost_bps", "max_weight", "window"):
+    for key in (
+        "prices",
+        "start",
+        "end",
+        "trade_start",
+        "lookback",
+        "rebalance",
+        "cost_bps",
+        "max_weight",
+        "window",
+    ):
         assert getattr(from_file, key) == getattr(built_in, key), key
 
 

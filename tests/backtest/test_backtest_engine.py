@@ -208,3 +208,23 @@ def test_diagnostics_are_kept_and_benchmark_test_runs():
     assert list(res.metrics.index) == ["scripted", "equal_weight"]
     tests = res.sharpe_tests()
     assert tests.index.tolist() == ["scripted"] and 0.0 <= tests.loc["scripted", "p_value"] <= 1.0
+
+
+def test_trade_start_keeps_earlier_rows_as_history_only():
+    rng = np.random.default_rng(5)
+    idx = pd.date_range("2020-01-01", periods=60, freq="B")
+    p = pd.DataFrame(np.exp(np.cumsum(rng.normal(0, 0.01, (60, 3)), axis=0)), index=idx, columns=list("ABC"))
+    base = dict(lookback=5, rebalance=4, strategies=("inverse_volatility", "equal_weight"), benchmark=None)
+    late = run_backtest(p, None, BacktestConfig(trade_start=str(idx[20].date()), **base))
+    assert late.turnover.index[0] == idx[20] and late.returns.index[0] == idx[21]
+    assert list(late.turnover.index) == list(idx[20:59:4])
+    # Same decisions from the same rows: a run on the data from row 15 (= 20 - lookback) trades at the
+    # same dates with identical weights and returns.
+    cut = run_backtest(p.iloc[15:], None, BacktestConfig(**base))
+    pd.testing.assert_frame_equal(late.weights["inverse_volatility"], cut.weights["inverse_volatility"])
+    pd.testing.assert_frame_equal(late.returns, cut.returns)
+    # trade_start earlier than row L changes nothing; one past the end is an error.
+    early = run_backtest(p, None, BacktestConfig(trade_start="2019-01-01", **base))
+    assert early.turnover.index[0] == idx[5]
+    with pytest.raises(DataError, match="no trade possible"):
+        run_backtest(p, None, BacktestConfig(trade_start="2021-01-01", **base))

@@ -23,20 +23,32 @@ def test_small_schedule_by_hand():
     retrain_every=st.integers(1, 50),
     train_window=st.integers(2, 60),
     window=st.sampled_from(["rolling", "expanding"]),
+    first_row=st.one_of(st.none(), st.integers(0, 200)),
 )
 def test_folds_never_look_ahead_and_holds_partition(
-    n_rows, lookback, rebalance, retrain_every, train_window, window
+    n_rows, lookback, rebalance, retrain_every, train_window, window, first_row
 ):
+    t0 = lookback if first_row is None else max(lookback, first_row)
+    if n_rows >= lookback + 2 and t0 > n_rows - 2:
+        with pytest.raises(DataError, match="no trade possible"):
+            walk_forward(n_rows, lookback, rebalance, first_row=first_row)
+        return
     if n_rows < lookback + 2:
         with pytest.raises(DataError, match="too few rows"):
             walk_forward(n_rows, lookback, rebalance)
         return
     steps = walk_forward(
-        n_rows, lookback, rebalance, retrain_every=retrain_every, train_window=train_window, window=window
+        n_rows,
+        lookback,
+        rebalance,
+        retrain_every=retrain_every,
+        train_window=train_window,
+        window=window,
+        first_row=first_row,
     )
     held = [row for s in steps for row in range(s.hold.start, s.hold.stop)]
-    assert held == list(range(lookback + 1, n_rows))  # every return row once, in order
-    assert steps[0].t == lookback and steps[0].train is not None
+    assert held == list(range(t0 + 1, n_rows))  # every return row once, in order
+    assert steps[0].t == t0 and steps[0].train is not None
     last_fit = None
     for s in steps:
         assert s.view.start == s.t - lookback and s.view.stop == s.t + 1
