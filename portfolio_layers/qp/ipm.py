@@ -1,0 +1,383 @@
+"""Batched primal-dual interior point (Mehrotra predictor-corrector) for convex QPs, in torch.
+
+Solves ``minimize 1/2 x'Px - q'x  s.t.  Ax = b, Gx + s = h, s >= 0, lb <= x <= ub`` for a whole
+batch at once (no Python loop over the batch). Bounds are native: the bound slacks ``x - lb`` and
+``ub - x`` are kept strictly positive and enter the reduced matrix as a diagonal (see
+:mod:`portfolio_layers.qp.kkt`). Elements that finish (solved, infeasible, failed) leave the active
+set, so the remaining iterations only work on the unfinished ones.
+
+The solver expects ``P`` and ``q`` normalized so that ``max(|P|, |q|) <= 1`` (done by
+:func:`portfolio_layers.qp.layer.solve_qp`); tolerances are then absolute on the dual side and
+relative to ``1 + max|b|, |h|`` on the primal side.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from portfolio_layers.qp.kkt import AugmentedKKT, ReducedKKT, factor, factor_augmented, reduced_matrix
+from portfolio_layers.qp.problem import QPData
+from portfolio_layers.qp.solution import Status
+
+
+@dataclass(frozen=True)
+class IPMState:
+    """Iterate of the interior point for a batch ``B`` (also the result and a warm start).
+
+    ``x (B, n)``, ``s``/``lam`` ``(B, m)`` (or None), ``zl``/``zu`` ``(B, n)``, ``y (B, p)`` (or None).
+    """
+
+    x: Tensor
+    s: Tensor | None
+    lam: Tensor | None
+    zl: Tensor
+    zu: Tensor
+    y: Tensor | None
+
+    def take(self, idx: Tensor) -> IPMState:
+        return IPMState(*(None if v is None else v.index_select(0, idx) for v in self._fields()))
+
+    def put(self, idx: Tensor, other: IPMState) -> None:
+        for dst, src in zip(self._fields(), other._fields(), strict=True):
+            if dst is not None:
+                dst.index_copy_(0, idx, src)
+
+    def _fields(self) -> tuple[Tensor | None, ...]:
+        return (self.x, self.s, self.lam, self.zl, self.zu, self.y)
+
+
+@dataclass(frozen=True)
+class IPMResult:
+    """Output of :meth:`InteriorPoint.solve` (all tensors with leading dimension ``B``)."""
+
+    state: IPMState
+    status: Tensor
+    iterations: Tensor
+    primal_residual: Tensor
+    dual_residual: Tensor
+    gap: Tensor
+
+
+@dataclass(frozen=True)
+class InteriorPoint:
+    """Hyperparameters of the Mehrotra predictor-corrector interior point.
+
+    Parameters
+    ----------
+    tol : float
+        Tolerance on the primal residual (relative to ``1 + max|b|, |h|``), the dual residual and
+        the mean complementarity ``mu``.
+    max_iter : int
+        Iteration limit; unfinished elements get :attr:`Status.MAX_ITER`.
+    step_fraction : float
+        Fraction of the step to the boundary of the positive orthant that is taken.
+    shift : float
+        Diagonal shift added to the reduced matrix before its Cholesky factorization.
+    """
+
+    tol: float = 1e-9
+    max_iter: int = 50
+    step_fraction: float = 0.99
+    shift: float = 1e-13
+
+    def solve(self, data: QPData, warm_start: IPMState | None = None) -> IPMResult:
+        """Solve the batch ``data`` (normalized as described in the module docstring)."""
+        B, _n, dt, dev = data.P.shape[0], data.n, data.P.dtype, data.P.device
+        ml, mu = torch.isfinite(data.lb), torch.isfinite(data.ub)
+        if bool((data.lb == data.ub).any()):
+            raise_equal_bounds(data)
+        lb0, ub0 = torch.where(ml, data.lb, 0.0), torch.where(mu, data.ub, 0.0)
+        ncomp = (data.m + ml.sum(-1) + mu.sum(-1)).to(dt).clamp_min(1.0)
+        pscale = 1.0 + _bscale(data)
+
+        status = torch.full((B,), -1, dtype=torch.int8, device=dev)
+        status[_presolve_infeasible(data, lb0, ub0, ml, mu, self.tol)] = Status.PRIMAL_INFEASIBLE
+        init = _initial_point(data, ml, mu, lb0, ub0) if warm_start is None else warm_start
+        out = IPMState(*(None if v is None else v.clone() for v in init._fields()))
+        iters = torch.zeros(B, dtype=torch.int32, device=dev)
+        pres, dres, gap = (torch.full((B,), torch.nan, dtype=dt, device=dev) for _ in range(3))
+
+        idx = (status < 0).nonzero().squeeze(-1)
+        sub, st = data.take(idx), init.take(idx)
+        sml, smu, slb, sub0, snc, sps = (v[idx] for v in (ml, mu, lb0, ub0, ncomp, pscale))
+        failed = torch.zeros(idx.numel(), dtype=torch.bool, device=dev)
+        for it in range(self.max_iter + 1):
+            if idx.numel() == 0:
+                break
+            r = _residuals(sub, st, sml, smu, slb, sub0, snc)
+            code = torch.full_like(idx, -1, dtype=torch.int8)
+            code[(r.pres <= self.tol * sps) & (r.dres <= self.tol) & (r.mu <= self.tol)] = Status.SOLVED
+            undecided = code < 0
+            code[undecided & _farkas(sub, st, r, sml, smu, slb, sub0)] = Status.PRIMAL_INFEASIBLE
+            code[(code < 0) & _unbounded(sub, st, r)] = Status.DUAL_INFEASIBLE
+            code[(code < 0) & (failed | ~r.finite)] = Status.NUMERICAL_ERROR
+            if it == self.max_iter:
+                code[code < 0] = Status.MAX_ITER
+            done = code >= 0
+            if bool(done.any()):
+                d = done.nonzero().squeeze(-1)
+                gi = idx[d]
+                out.put(gi, st.take(d))
+                status[gi], iters[gi] = code[d], it
+                pres[gi], dres[gi], gap[gi] = r.pres[d], r.dres[d], r.mu[d] * snc[d]
+                keep = (~done).nonzero().squeeze(-1)
+                idx = idx[keep]
+                if idx.numel() == 0:
+                    break
+                sub, st, r = sub.take(keep), st.take(keep), r.take(keep)
+                sml, smu, slb, sub0, snc, sps = (v[keep] for v in (sml, smu, slb, sub0, snc, sps))
+            st, failed = self._step(sub, st, r, sml, smu, snc)
+        return IPMResult(out, status, iters, pres, dres, gap)
+
+    def _step(self, d: QPData, st: IPMState, r: _Residuals, ml: Tensor, mu: Tensor, ncomp: Tensor):
+        """One predictor-corrector step; returns the new state and a factorization-failure mask."""
+        fl, fu = ml.to(d.P.dtype), mu.to(d.P.dtype)
+        dG = None if d.G is None else st.lam / st.s
+        H = reduced_matrix(d.P, d.G, dG, fl * st.zl / r.tl + fu * st.zu / r.tu)
+        K = factor(H, d.A, self.shift)
+        aff = _direction(K, d, st, r, st.s * st.lam if d.G is not None else None,
+                         fl * r.tl * st.zl, fu * r.tu * st.zu)  # fmt: skip
+        a_aff = _max_step(st, r, aff, ml, mu, 1.0)
+        comp = _complementarity(st, r, aff, a_aff, fl, fu)
+        ratio = comp / (r.mu * ncomp).clamp_min(torch.finfo(comp.dtype).tiny)
+        sigma = torch.where(r.mu > 0, ratio.clamp(0.0, 1.0).pow(3), 0.0)
+        sm = (sigma * r.mu).unsqueeze(-1)
+        rs = None if d.G is None else st.s * st.lam + aff.s * aff.lam - sm
+        rl = fl * (r.tl * st.zl + aff.x * aff.zl - sm)
+        ru = fu * (r.tu * st.zu - aff.x * aff.zu - sm)
+        cor = _direction(K, d, st, r, rs, rl, ru)
+        a = _max_step(st, r, cor, ml, mu, self.step_fraction).unsqueeze(-1)
+        new = IPMState(
+            st.x + a * cor.x,
+            None if d.G is None else st.s + a * cor.s,
+            None if d.G is None else st.lam + a * cor.lam,
+            st.zl + a * cor.zl,
+            st.zu + a * cor.zu,
+            None if d.A is None else st.y + a * cor.y,
+        )
+        finite = (
+            torch.isfinite(new.x).all(-1) & torch.isfinite(new.zl).all(-1) & torch.isfinite(new.zu).all(-1)
+        )
+        if new.s is not None:
+            finite &= torch.isfinite(new.s).all(-1) & torch.isfinite(new.lam).all(-1)
+        if new.y is not None:
+            finite &= torch.isfinite(new.y).all(-1)
+        bad = ~K.ok | ~finite
+        if bool(bad.any()):  # keep the last finite iterate of a failing element
+            keep = bad.unsqueeze(-1)
+            new = IPMState(
+                *(
+                    None if v is None else torch.where(keep, o, v)
+                    for v, o in zip(new._fields(), st._fields(), strict=True)
+                )
+            )
+        return new, bad
+
+    def factor_at(self, data: QPData, state: IPMState) -> ReducedKKT | AugmentedKKT:
+        """The KKT factorization at ``state`` used by the implicit backward.
+
+        Without general inequalities: the reduced Cholesky (kept with ``H`` for refinement). With
+        them: an LDL' of the augmented system (see :class:`~portfolio_layers.qp.kkt.AugmentedKKT`).
+        """
+        ml, mu = torch.isfinite(data.lb), torch.isfinite(data.ub)
+        dt = data.P.dtype
+        tl = torch.where(ml, state.x - torch.where(ml, data.lb, 0.0), 1.0)
+        tu = torch.where(mu, torch.where(mu, data.ub, 0.0) - state.x, 1.0)
+        d_x = ml.to(dt) * state.zl / tl + mu.to(dt) * state.zu / tu
+        if data.G is not None:
+            return factor_augmented(data.P, d_x, data.A, data.G, state.s / state.lam, self.shift)
+        return factor(reduced_matrix(data.P, None, None, d_x), data.A, self.shift, keep=True)
+
+
+@dataclass(frozen=True)
+class _Residuals:
+    rd: Tensor
+    rp: Tensor | None
+    rg: Tensor | None
+    tl: Tensor
+    tu: Tensor
+    mu: Tensor
+    pres: Tensor
+    dres: Tensor
+    finite: Tensor
+
+    def take(self, idx: Tensor) -> _Residuals:
+        vals = [None if v is None else v.index_select(0, idx) for v in self.__dict__.values()]
+        return _Residuals(*vals)
+
+
+def _mv(M: Tensor, v: Tensor) -> Tensor:
+    return (M @ v.unsqueeze(-1)).squeeze(-1)
+
+
+def _mtv(M: Tensor, v: Tensor) -> Tensor:
+    return (v.unsqueeze(-2) @ M).squeeze(-2)
+
+
+def _residuals(d: QPData, st: IPMState, ml, mu, lb0, ub0, ncomp) -> _Residuals:
+    rd = _mv(d.P, st.x) - d.q - st.zl + st.zu
+    pres = torch.zeros_like(ncomp)
+    rp = rg = None
+    comp = (torch.where(ml, st.x - lb0, 0.0) * st.zl).sum(-1) + (
+        torch.where(mu, ub0 - st.x, 0.0) * st.zu
+    ).sum(-1)
+    if d.A is not None:
+        rd = rd + _mtv(d.A, st.y)
+        rp = _mv(d.A, st.x) - d.b
+        pres = torch.maximum(pres, rp.abs().amax(-1))
+    if d.G is not None:
+        rd = rd + _mtv(d.G, st.lam)
+        rg = _mv(d.G, st.x) + st.s - d.h
+        pres = torch.maximum(pres, rg.abs().amax(-1))
+        comp = comp + (st.s * st.lam).sum(-1)
+    tl = torch.where(ml, st.x - lb0, 1.0)
+    tu = torch.where(mu, ub0 - st.x, 1.0)
+    dres = rd.abs().amax(-1)
+    finite = torch.isfinite(dres) & torch.isfinite(pres) & torch.isfinite(comp)
+    return _Residuals(rd, rp, rg, tl, tu, comp / ncomp, pres, dres, finite)
+
+
+def _direction(K: ReducedKKT, d: QPData, st: IPMState, r: _Residuals, rs, rl, ru) -> IPMState:
+    """Newton direction for complementarity targets ``rs`` (ineq), ``rl``/``ru`` (bounds)."""
+    rhs = -r.rd - rl / r.tl + ru / r.tu
+    if d.G is not None:
+        rhs = rhs - _mtv(d.G, (st.lam * r.rg - rs) / st.s)
+    dx, dy = K.solve(rhs, None if d.A is None else -r.rp)
+    ds = dlam = None
+    if d.G is not None:
+        ds = -r.rg - _mv(d.G, dx)
+        dlam = (-rs - st.lam * ds) / st.s
+    dzl = ml_f(st.zl) * (-rl - st.zl * dx) / r.tl
+    dzu = ml_f(st.zu) * (-ru + st.zu * dx) / r.tu
+    return IPMState(dx, ds, dlam, dzl, dzu, dy)
+
+
+def ml_f(z: Tensor) -> Tensor:
+    """1 where a bound exists (its multiplier is kept > 0), 0 where it is infinite (multiplier 0)."""
+    return (z > 0).to(z.dtype)
+
+
+def _ratio(v: Tensor, dv: Tensor, mask: Tensor | None = None) -> Tensor:
+    neg = dv < 0 if mask is None else (dv < 0) & mask
+    return torch.where(neg, -v / torch.where(neg, dv, -1.0), torch.inf).amin(-1)
+
+
+def _max_step(st: IPMState, r: _Residuals, dd: IPMState, ml, mu, frac: float) -> Tensor:
+    a = torch.minimum(_ratio(r.tl, dd.x, ml), _ratio(r.tu, -dd.x, mu))
+    a = torch.minimum(a, torch.minimum(_ratio(st.zl, dd.zl, ml), _ratio(st.zu, dd.zu, mu)))
+    if st.s is not None:
+        a = torch.minimum(a, torch.minimum(_ratio(st.s, dd.s), _ratio(st.lam, dd.lam)))
+    return (frac * a).clamp(max=1.0)
+
+
+def _complementarity(st: IPMState, r: _Residuals, dd: IPMState, a: Tensor, fl, fu) -> Tensor:
+    a1 = a.unsqueeze(-1)
+    c = (fl * (r.tl + a1 * dd.x) * (st.zl + a1 * dd.zl)).sum(-1)
+    c = c + (fu * (r.tu - a1 * dd.x) * (st.zu + a1 * dd.zu)).sum(-1)
+    if st.s is not None:
+        c = c + ((st.s + a1 * dd.s) * (st.lam + a1 * dd.lam)).sum(-1)
+    return c
+
+
+def _bscale(d: QPData) -> Tensor:
+    s = torch.zeros(d.P.shape[0], dtype=d.P.dtype, device=d.P.device)
+    for v in (d.b, d.h):
+        if v is not None and v.shape[-1] > 0:
+            s = torch.maximum(s, v.abs().amax(-1))
+    return s
+
+
+def _initial_point(d: QPData, ml, mu, lb0, ub0) -> IPMState:
+    """Centre of the box (or 1 inside a one-sided bound), unit multipliers, slacks >= 1."""
+    both = ml & mu
+    x = torch.where(both, 0.5 * (lb0 + ub0), torch.where(ml, lb0 + 1.0, torch.where(mu, ub0 - 1.0, 0.0)))
+    one = torch.ones_like(x)
+    zl, zu = torch.where(ml, one, 0.0), torch.where(mu, one, 0.0)
+    s = lam = y = None
+    if d.G is not None:
+        s = (d.h - _mv(d.G, x)).clamp_min(1.0)
+        lam = torch.ones_like(s)
+    if d.A is not None:
+        y = torch.zeros_like(d.b)
+    return IPMState(x, s, lam, zl, zu, y)
+
+
+def _presolve_infeasible(d: QPData, lb0, ub0, ml, mu, tol: float) -> Tensor:
+    """Elements whose bounds alone contradict a constraint row (a quick, exact test)."""
+    bad = (d.lb > d.ub).any(-1)
+    for M, rhs, eq in ((d.A, d.b, True), (d.G, d.h, False)):
+        if M is None:
+            continue
+        pos, neg = M > 0, M < 0
+        lo_fin = ~((pos & ~ml.unsqueeze(-2)) | (neg & ~mu.unsqueeze(-2))).any(-1)
+        hi_fin = ~((pos & ~mu.unsqueeze(-2)) | (neg & ~ml.unsqueeze(-2))).any(-1)
+        lo = torch.where(pos, M * lb0.unsqueeze(-2), torch.where(neg, M * ub0.unsqueeze(-2), 0.0)).sum(-1)
+        hi = torch.where(pos, M * ub0.unsqueeze(-2), torch.where(neg, M * lb0.unsqueeze(-2), 0.0)).sum(-1)
+        margin = 1e3 * tol * (1.0 + rhs.abs())
+        bad = bad | (lo_fin & (lo > rhs + margin)).any(-1)
+        if eq:
+            bad = bad | (hi_fin & (hi < rhs - margin)).any(-1)
+    return bad
+
+
+def _farkas(d: QPData, st: IPMState, r: _Residuals, ml, mu, lb0, ub0) -> Tensor:
+    """Elements whose normalized multipliers are a certificate of primal infeasibility."""
+    nrm = torch.maximum(st.zl.abs().amax(-1), st.zu.abs().amax(-1))
+    cert_b = (ub0 * st.zu).sum(-1) - (lb0 * st.zl).sum(-1)
+    cert_r = st.zu - st.zl
+    if d.A is not None:
+        nrm = torch.maximum(nrm, st.y.abs().amax(-1))
+        cert_b = cert_b + (d.b * st.y).sum(-1)
+        cert_r = cert_r + _mtv(d.A, st.y)
+    if d.G is not None:
+        nrm = torch.maximum(nrm, st.lam.abs().amax(-1))
+        cert_b = cert_b + (d.h * st.lam).sum(-1)
+        cert_r = cert_r + _mtv(d.G, st.lam)
+    nrm = nrm.clamp_min(1.0)
+    big = nrm > 1e6
+    return big & (cert_r.abs().amax(-1) <= 1e-6 * nrm) & (cert_b < -1e-6 * nrm)
+
+
+def _unbounded(d: QPData, st: IPMState, r: _Residuals) -> Tensor:
+    """Elements whose primal iterate diverges along a direction of descent with ``P d ~ 0``."""
+    nx = st.x.abs().amax(-1)
+    big = nx > 1e8
+    xn = st.x / nx.clamp_min(1.0).unsqueeze(-1)
+    return big & (_mv(d.P, xn).abs().amax(-1) <= 1e-6) & ((d.q * xn).sum(-1) > 0)
+
+
+def raise_equal_bounds(d: QPData) -> None:
+    from portfolio_layers.errors import InputError
+
+    j = (d.lb >= d.ub).nonzero()[0].tolist()
+    raise InputError(
+        f"lb == ub at index {tuple(j)}: the interior point needs lb < ub; fix such a variable with an "
+        "equality row of A instead (or widen the bounds slightly)"
+    )
+
+
+def warm_state(d: QPData, x: Tensor, duals: IPMState | None, margin: float = 1e-3) -> IPMState:
+    """A strictly interior starting point near a previous solution ``x (B, n)``.
+
+    ``x`` is pulled inside the bounds by ``margin * min(ub - lb, 1)``; slacks and multipliers are
+    floored at ``margin`` (multipliers from ``duals`` when given, else 1), so the interior point can
+    move. ``duals`` must already be in the normalized units of ``d``.
+    """
+    ml, mu = torch.isfinite(d.lb), torch.isfinite(d.ub)
+    lb0, ub0 = torch.where(ml, d.lb, 0.0), torch.where(mu, d.ub, 0.0)
+    width = torch.where(ml & mu, (ub0 - lb0).clamp(max=1.0), 1.0)
+    x = torch.where(ml, torch.maximum(x, lb0 + margin * width), x)
+    x = torch.where(mu, torch.minimum(x, ub0 - margin * width), x)
+    base = _initial_point(d, ml, mu, lb0, ub0)
+    src = base if duals is None else duals
+    zl = torch.where(ml, src.zl.clamp_min(margin), 0.0)
+    zu = torch.where(mu, src.zu.clamp_min(margin), 0.0)
+    s = lam = None
+    if d.G is not None:
+        s = (d.h - _mv(d.G, x)).clamp_min(margin)
+        lam = src.lam.clamp_min(margin)
+    y = None if d.A is None else src.y
+    return IPMState(x, s, lam, zl, zu, y)

@@ -1,0 +1,268 @@
+"""``solve_qp`` (the functional core) and the thin ``QPLayer`` module."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from portfolio_layers.errors import ConfigError, NotPSDError, ShapeError
+from portfolio_layers.qp.autograd import IPMFunction
+from portfolio_layers.qp.constraints import LinearConstraints, lift
+from portfolio_layers.qp.ipm import InteriorPoint, IPMState, warm_state
+from portfolio_layers.qp.problem import QPData, canonicalize
+from portfolio_layers.qp.solution import QPSolution
+
+BACKENDS = ("ipm", "qpth", "cvxpylayers")
+
+
+def default_tol(dtype: torch.dtype) -> float:
+    """Default tolerance of the ``ipm`` backend: ``1e-10`` in float64, ``1e-6`` in float32."""
+    return 1e-10 if dtype == torch.float64 else 1e-6
+
+
+def solve_qp(
+    P: Tensor,
+    q: Tensor,
+    A: Tensor | None = None,
+    b: Tensor | None = None,
+    G: Tensor | None = None,
+    h: Tensor | None = None,
+    lb: Tensor | float | None = None,
+    ub: Tensor | float | None = None,
+    *,
+    tol: float | None = None,
+    max_iter: int = 50,
+    backend: str = "ipm",
+    warm_start: QPSolution | Tensor | None = None,
+    throw: bool = True,
+) -> QPSolution:
+    """Solve a batch of convex QPs, differentiably.
+
+    ``minimize 1/2 x'Px - q'x  s.t.  Ax = b, Gx <= h, lb <= x <= ub``
+
+    Parameters
+    ----------
+    P : Tensor of shape (*batch, n, n)
+        Positive semidefinite cost matrix (symmetrized as ``(P + P') / 2``).
+    q : Tensor of shape (*batch, n)
+        Linear term, entering with a minus sign (expected returns in the portfolio use).
+    A : Tensor of shape (*batch, p, n), optional
+    b : Tensor of shape (*batch, p), optional
+    G : Tensor of shape (*batch, m, n), optional
+    h : Tensor of shape (*batch, m), optional
+    lb, ub : float or Tensor of shape (n,) or (*batch, n), optional
+        Bounds; ``None`` or infinite entries mean unbounded.
+    tol : float, optional
+        Tolerance on the residuals (default ``1e-10`` in float64, ``1e-6`` in float32).
+    max_iter : int
+        Iteration limit of the interior point (and of qpth).
+    backend : {"ipm", "qpth", "cvxpylayers"}
+        ``"ipm"`` is this package's batched interior point with implicit KKT backward.
+    warm_start : QPSolution or Tensor of shape (*batch, n), optional
+        A previous solution (``ipm`` only) to start from.
+    throw : bool
+        If True, raise when an element is not solved (the error names the batch indices); if
+        False, report per-element statuses in ``QPSolution.status`` and never raise for a solve.
+
+    Returns
+    -------
+    QPSolution
+        ``x (*batch, n)`` is differentiable w.r.t. every tensor input; gradients of broadcast inputs
+        are summed over the batch.
+
+    Raises
+    ------
+    ShapeError, NonFiniteError, InputError
+        Bad input (always raised, whatever ``throw``).
+    NotPSDError
+        ``P`` has a clearly negative eigenvalue (below ``-100 n eps max|P|``).
+    InfeasibleError, ConvergenceError, SolverError
+        With ``throw=True``, when some element is infeasible / hit ``max_iter`` / failed.
+    """
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+    if not isinstance(max_iter, int) or max_iter < 1:
+        raise ConfigError(f"max_iter must be a positive int, got {max_iter!r}")
+    data = canonicalize(P, q, A, b, G, h, lb, ub)
+    tol = default_tol(data.P.dtype) if tol is None else float(tol)
+    if not tol > 0:
+        raise ConfigError(f"tol must be positive, got {tol}")
+    if backend == "ipm":
+        sol = _solve_ipm(data, tol, max_iter, warm_start)
+    else:
+        from portfolio_layers.qp import backends
+
+        if warm_start is not None:
+            raise ConfigError(f"warm_start is only supported by backend='ipm', not {backend!r}")
+        sol = backends.solve(backend, data, tol, max_iter)
+    if throw:
+        sol.raise_on_failure()
+    return sol
+
+
+def _solve_ipm(data: QPData, tol: float, max_iter: int, warm_start: QPSolution | Tensor | None) -> QPSolution:
+    P = 0.5 * (data.P + data.P.mT)
+    with torch.no_grad():
+        c = torch.maximum(P.abs().amax((-2, -1)), data.q.abs().amax(-1))
+        c = c.clamp_min(torch.finfo(P.dtype).tiny ** 0.5)
+    Ps, qs = P / c[:, None, None], data.q / c[:, None]
+    check_psd(Ps.detach(), data.batch_shape)
+    scaled = QPData(Ps.detach(), qs.detach(), *data.tensors()[2:], batch_shape=data.batch_shape)
+    warm = _warm(scaled, warm_start, c)
+    solver = InteriorPoint(tol=tol, max_iter=max_iter, shift=1e-13 if P.dtype == torch.float64 else 1e-7)
+    holder: dict = {}
+    x = IPMFunction.apply(solver, holder, warm, Ps, qs, *data.tensors()[2:])
+    res = holder["result"]
+    st: IPMState = res.state
+    shape = data.batch_shape
+
+    def out(v: Tensor | None, k: int, scale: bool) -> Tensor:
+        if v is None:
+            return torch.zeros(*shape, k, dtype=x.dtype, device=x.device)
+        return (v * c[:, None] if scale else v).reshape(*shape, k)
+
+    return QPSolution(
+        x=x.reshape(*shape, data.n),
+        y=out(st.y, data.p, True),
+        lam=out(st.lam, data.m, True),
+        z_lower=out(st.zl, data.n, True),
+        z_upper=out(st.zu, data.n, True),
+        status=res.status.reshape(shape),
+        iterations=res.iterations.reshape(shape),
+        primal_residual=res.primal_residual.reshape(shape),
+        dual_residual=(res.dual_residual * c).reshape(shape),
+        duality_gap=(res.gap * c).reshape(shape),
+    )
+
+
+def check_psd(P: Tensor, batch_shape: tuple[int, ...]) -> None:
+    """Raise :class:`NotPSDError` if some ``P (B, n, n)`` (normalized, max|P| <= 1) is indefinite."""
+    n = P.shape[-1]
+    M = P.clone()
+    M.diagonal(dim1=-2, dim2=-1).add_(100.0 * n * torch.finfo(P.dtype).eps)
+    _, info = torch.linalg.cholesky_ex(M)
+    if not bool((info != 0).any()):
+        return
+    bad = (info != 0).nonzero().squeeze(-1)
+    lam_min = torch.linalg.eigvalsh(P[bad]).amin(-1)
+    idx = [tuple(int(i) for i in torch.unravel_index(k, batch_shape)) if batch_shape else () for k in bad]
+    worst = float(lam_min.min())
+    raise NotPSDError(
+        f"P is not positive semidefinite at batch indices {idx[:10]} (smallest eigenvalue of P / max|P| is "
+        f"{worst:.3g}); the problem is not convex. Build P as L L' (+ eps I), or shift it by its smallest "
+        "eigenvalue"
+    )
+
+
+def _warm(d: QPData, ws: QPSolution | Tensor | None, c: Tensor) -> IPMState | None:
+    if ws is None:
+        return None
+    B, n = d.q.shape
+    if isinstance(ws, QPSolution):
+        x = ws.x.detach().reshape(-1, n)
+        if x.shape[0] != B:
+            x = x.expand(B, n) if x.shape[0] == 1 else None
+        if x is None:
+            raise ConfigError(f"warm_start has batch {tuple(ws.x.shape[:-1])}, the problem {d.batch_shape}")
+
+        def rs(v: Tensor, k: int) -> Tensor | None:
+            return None if k == 0 else (v.detach().reshape(-1, k) / c[:, None]).expand(B, k)
+
+        duals = IPMState(
+            x, rs(ws.lam, d.m), rs(ws.lam, d.m), rs(ws.z_lower, n), rs(ws.z_upper, n), rs(ws.y, d.p)
+        )
+        return warm_state(d, x, duals)
+    if isinstance(ws, Tensor):
+        if ws.shape[-1] != n:
+            raise ConfigError(f"warm_start must have shape (*batch, {n}), got {tuple(ws.shape)}")
+        x = ws.detach().to(d.q.dtype).expand(*d.batch_shape, n).reshape(B, n)
+        return warm_state(d, x, None)
+    raise ConfigError(f"warm_start must be a QPSolution or a Tensor, got {type(ws).__name__}")
+
+
+class QPLayer(nn.Module):
+    """Differentiable portfolio QP with constraints fixed at construction.
+
+    ``forward(P, q, x0=None)`` returns ``argmin_w 1/2 w'Pw - q'w`` subject to ``constraints``.
+
+    Parameters
+    ----------
+    constraints : LinearConstraints
+        Built with the constructors of :mod:`portfolio_layers.qp.constraints` (``fully_invested``,
+        ``long_only``, ``weight_cap``, ``group_caps``, ``leverage_limit``, ``turnover_limit``) and
+        :func:`~portfolio_layers.qp.constraints.combine`. Stored as buffers (they follow ``.to()``).
+    backend, tol, max_iter, throw
+        Passed to :func:`solve_qp`.
+
+    Notes
+    -----
+    Leverage and turnover limits add ``n`` auxiliary variables each (``|w|`` and ``|w - x0|``) with
+    zero cost; the returned weights are the first ``n`` entries.
+    """
+
+    def __init__(
+        self,
+        constraints: LinearConstraints,
+        *,
+        backend: str = "ipm",
+        tol: float | None = None,
+        max_iter: int = 50,
+        throw: bool = True,
+    ) -> None:
+        super().__init__()
+        if not isinstance(constraints, LinearConstraints):
+            raise ConfigError("constraints must be a LinearConstraints (see portfolio_layers.qp.constraints)")
+        if backend not in BACKENDS:
+            raise ConfigError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+        lifted = lift(constraints)
+        self.n, self.N = constraints.n, int(lifted["N"])
+        self.needs_x0 = constraints.max_turnover is not None
+        self._turnover_rows = lifted["turnover_rows"]
+        for name in ("A", "b", "G", "h", "lb", "ub"):
+            self.register_buffer(name, lifted[name])
+        self.backend, self.tol, self.max_iter, self.throw = backend, tol, max_iter, throw
+
+    def solve(self, P: Tensor, q: Tensor, x0: Tensor | None = None) -> QPSolution:
+        """Full :class:`QPSolution` of the (lifted) problem; ``x[..., :n]`` are the weights.
+
+        Parameters
+        ----------
+        P : Tensor of shape (*batch, n, n)
+        q : Tensor of shape (*batch, n)
+        x0 : Tensor of shape (*batch, n) or (n,), optional
+            Previous weights; required when a turnover limit is set.
+        """
+        if P.shape[-1] != self.n or q.shape[-1] != self.n:
+            raise ShapeError(
+                f"QPLayer was built for n = {self.n}; got P {tuple(P.shape)}, q {tuple(q.shape)}"
+            )
+        dt = torch.promote_types(P.dtype, q.dtype)
+        k = self.N - self.n
+        if k:
+            P = torch.nn.functional.pad(P, (0, k, 0, k))
+            q = torch.nn.functional.pad(q, (0, k))
+        A, b, G, h, lb, ub = (getattr(self, v).to(dt) for v in ("A", "b", "G", "h", "lb", "ub"))
+        if self.needs_x0:
+            if x0 is None:
+                raise ConfigError("this QPLayer has a turnover limit: pass x0 (the previous weights)")
+            if x0.shape[-1] != self.n:
+                raise ShapeError(f"x0 must have shape (*batch, {self.n}), got {tuple(x0.shape)}")
+            rows = self._turnover_rows
+            batch = torch.broadcast_shapes(x0.shape[:-1], P.shape[:-2], q.shape[:-1])
+            h = h.expand(*batch, h.shape[-1]).clone()
+            x0 = x0.to(dt)
+            h[..., rows] = h[..., rows] + torch.cat([x0, -x0], -1).expand(*batch, 2 * self.n)
+        elif x0 is not None:
+            raise ConfigError("x0 is only used by a turnover limit, and this QPLayer has none")
+        return solve_qp(
+            P, q, A if A.shape[0] else None, b if A.shape[0] else None, G if G.shape[0] else None,
+            h if G.shape[0] else None, lb, ub, tol=self.tol, max_iter=self.max_iter, backend=self.backend,
+            throw=self.throw,
+        )  # fmt: skip
+
+    def forward(self, P: Tensor, q: Tensor, x0: Tensor | None = None) -> Tensor:
+        """Weights ``(*batch, n)`` (see :meth:`solve`)."""
+        return self.solve(P, q, x0).x[..., : self.n]
+
+    def extra_repr(self) -> str:
+        return f"n={self.n}, lifted_n={self.N}, backend={self.backend!r}"

@@ -1,0 +1,207 @@
+"""QP data: validation, dtype/device promotion and broadcasting to one flat batch.
+
+The problem is ``minimize 1/2 x'Px - q'x  s.t.  Ax = b, Gx <= h, lb <= x <= ub``. Every input may omit
+the batch dimensions; :func:`canonicalize` broadcasts them with ``expand`` (a differentiable view), so
+autograd sums the gradients of a broadcast input over the batch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from portfolio_layers.errors import InputError, NonFiniteError, ShapeError
+
+_EXPECTED = (
+    "expected P (*batch, n, n), q (*batch, n), A (*batch, p, n), b (*batch, p), G (*batch, m, n), "
+    "h (*batch, m), lb/ub scalar, (n,) or (*batch, n); batch dimensions may be omitted"
+)
+
+
+@dataclass(frozen=True)
+class QPData:
+    """A validated QP, flattened to one batch dimension ``B``.
+
+    Attributes
+    ----------
+    P : Tensor of shape (B, n, n)
+    q : Tensor of shape (B, n)
+    A : Tensor of shape (B, p, n) or None
+    b : Tensor of shape (B, p) or None
+    G : Tensor of shape (B, m, n) or None
+    h : Tensor of shape (B, m) or None
+    lb, ub : Tensor of shape (B, n); ``-inf`` / ``+inf`` where unbounded
+    batch_shape : tuple of int
+        The broadcast batch shape ``*batch`` (``()`` for a single problem).
+    """
+
+    P: Tensor
+    q: Tensor
+    A: Tensor | None
+    b: Tensor | None
+    G: Tensor | None
+    h: Tensor | None
+    lb: Tensor
+    ub: Tensor
+    batch_shape: tuple[int, ...]
+
+    @property
+    def n(self) -> int:
+        return self.P.shape[-1]
+
+    @property
+    def p(self) -> int:
+        return 0 if self.A is None else self.A.shape[-2]
+
+    @property
+    def m(self) -> int:
+        return 0 if self.G is None else self.G.shape[-2]
+
+    def take(self, idx: Tensor) -> QPData:
+        """The sub-batch ``idx`` (a 1-D index tensor); ``batch_shape`` becomes ``(len(idx),)``."""
+
+        def t(v: Tensor | None) -> Tensor | None:
+            return None if v is None else v.index_select(0, idx)
+
+        return QPData(
+            t(self.P), t(self.q), t(self.A), t(self.b), t(self.G), t(self.h), t(self.lb), t(self.ub),
+            (idx.numel(),),
+        )  # fmt: skip
+
+    def tensors(self) -> tuple[Tensor | None, ...]:
+        return (self.P, self.q, self.A, self.b, self.G, self.h, self.lb, self.ub)
+
+
+def _as_tensor(name: str, v: object, like: Tensor) -> Tensor:
+    if isinstance(v, Tensor):
+        return v
+    if isinstance(v, (int, float)):
+        return torch.tensor(float(v), dtype=like.dtype, device=like.device)
+    try:
+        return torch.as_tensor(v, dtype=like.dtype, device=like.device)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise InputError(f"{name} must be a tensor, array or number, got {type(v).__name__}") from exc
+
+
+def _check_finite(name: str, v: Tensor) -> None:
+    if not bool(torch.isfinite(v).all()):
+        bad = (~torch.isfinite(v)).nonzero()[0].tolist()
+        raise NonFiniteError(
+            f"{name} holds NaN or infinite values (first at index {tuple(bad)}); clean it first"
+        )
+
+
+def canonicalize(
+    P: Tensor,
+    q: Tensor,
+    A: Tensor | None = None,
+    b: Tensor | None = None,
+    G: Tensor | None = None,
+    h: Tensor | None = None,
+    lb: Tensor | float | None = None,
+    ub: Tensor | float | None = None,
+) -> QPData:
+    """Validate, promote and broadcast the QP data (see :class:`QPData`).
+
+    Raises
+    ------
+    ShapeError
+        Inconsistent shapes (the message repeats the expected shapes).
+    NonFiniteError
+        NaN or infinite entries (``lb = -inf`` and ``ub = +inf`` are allowed).
+    InputError
+        Non-floating dtypes, mixed devices, ``A`` without ``b`` (or ``G`` without ``h``).
+    """
+    if not isinstance(P, Tensor) or P.dim() < 2 or P.shape[-1] != P.shape[-2]:
+        shape = tuple(P.shape) if isinstance(P, Tensor) else type(P).__name__
+        raise ShapeError(f"P must be a square matrix (*batch, n, n), got {shape}; {_EXPECTED}")
+    if not P.dtype.is_floating_point:
+        raise InputError(f"P must be float32 or float64, got {P.dtype}")
+    n = P.shape[-1]
+    if n == 0:
+        raise ShapeError("P has n = 0 variables; " + _EXPECTED)
+    if (A is None) != (b is None):
+        raise InputError("A and b must be given together (or both left as None)")
+    if (G is None) != (h is None):
+        raise InputError("G and h must be given together (or both left as None)")
+    q = _as_tensor("q", q, P)
+    raw = {"P": P, "q": q, "A": A, "b": b, "G": G, "h": h}
+    raw = {k: (None if v is None else _as_tensor(k, v, P)) for k, v in raw.items()}
+    bounds = {}
+    for name, v, bad_inf in (("lb", lb, math.inf), ("ub", ub, -math.inf)):
+        if v is None:
+            continue
+        t = _as_tensor(name, v, P)
+        if t.dim() == 0:
+            t = t.expand(n)
+        if bool(torch.isnan(t).any()) or bool((t == bad_inf).any()):
+            raise NonFiniteError(f"{name} holds NaN or {bad_inf} values; use None or {-bad_inf} for no bound")
+        bounds[name] = t
+    dtype = P.dtype
+    for k, v in list(raw.items()) + list(bounds.items()):
+        if v is None:
+            continue
+        if not v.dtype.is_floating_point:
+            raise InputError(f"{k} must be a floating tensor, got {v.dtype}")
+        if v.device != P.device:
+            raise InputError(f"{k} is on {v.device} but P is on {P.device}; move all inputs to one device")
+        dtype = torch.promote_types(dtype, v.dtype)
+    if dtype not in (torch.float32, torch.float64):
+        raise InputError(f"inputs must be float32 or float64, got {dtype}")
+    for k, v in raw.items():
+        if v is not None:
+            _check_finite(k, v)
+
+    # (name, tensor, number of trailing core dims, expected trailing shape with None = free)
+    p = None if raw["A"] is None else (raw["A"].shape[-2] if raw["A"].dim() >= 2 else -1)
+    m = None if raw["G"] is None else (raw["G"].shape[-2] if raw["G"].dim() >= 2 else -1)
+    specs = [("P", raw["P"], (n, n)), ("q", raw["q"], (n,))]
+    if p is not None:
+        specs += [("A", raw["A"], (p, n)), ("b", raw["b"], (p,))]
+    if m is not None:
+        specs += [("G", raw["G"], (m, n)), ("h", raw["h"], (m,))]
+    specs += [(k, v, (n,)) for k, v in bounds.items()]
+    batch_shapes = []
+    for k, v, core in specs:
+        if -1 in core or v.dim() < len(core) or tuple(v.shape[v.dim() - len(core) :]) != core:
+            want = ", ".join(map(str, core))
+            raise ShapeError(
+                f"{k} has shape {tuple(v.shape)}, expected (*batch, {want}) for n = {n}; {_EXPECTED}"
+            )
+        batch_shapes.append(tuple(v.shape[: v.dim() - len(core)]))
+    try:
+        batch = tuple(torch.broadcast_shapes(*batch_shapes))
+    except RuntimeError as exc:
+        detail = ", ".join(f"{k}: {tuple(v.shape)}" for k, v, _ in specs)
+        raise ShapeError(f"batch dimensions do not broadcast ({detail}); {_EXPECTED}") from exc
+    B = math.prod(batch)
+
+    def flat(v: Tensor | None, core: tuple[int, ...]) -> Tensor | None:
+        if v is None:
+            return None
+        return v.to(dtype).expand(*batch, *core).reshape(B, *core)
+
+    lbt = flat(bounds.get("lb"), (n,))
+    ubt = flat(bounds.get("ub"), (n,))
+    if lbt is None:
+        lbt = torch.full((B, n), -math.inf, dtype=dtype, device=P.device)
+    if ubt is None:
+        ubt = torch.full((B, n), math.inf, dtype=dtype, device=P.device)
+    if p == 0:
+        p = None
+    if m == 0:
+        m = None
+    return QPData(
+        P=flat(raw["P"], (n, n)),
+        q=flat(raw["q"], (n,)),
+        A=flat(raw["A"], (p, n)) if p is not None else None,
+        b=flat(raw["b"], (p,)) if p is not None else None,
+        G=flat(raw["G"], (m, n)) if m is not None else None,
+        h=flat(raw["h"], (m,)) if m is not None else None,
+        lb=lbt,
+        ub=ubt,
+        batch_shape=batch,
+    )
