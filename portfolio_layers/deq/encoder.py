@@ -132,7 +132,8 @@ class DEQEncoder(nn.Module):
         Lipschitz bound of the cell when ``norm="spectral"``.
     norm : {"spectral", "weight", None}
         Normalization of the cell's linear maps (only "spectral" guarantees contraction).
-    solver, tol, atol, max_iter, backward, backward_solver, backward_tol, backward_max_iter, damping
+    solver, tol, atol, max_iter, backward, backward_solver, backward_tol, backward_atol, backward_max_iter,
+        damping
         Passed to :func:`~portfolio_layers.deq.fixed_point`.
     jacobian_samples : int
         If > 0, ``DEQSolution.jacobian_loss`` carries a Hutchinson Jacobian penalty (training mode only).
@@ -163,6 +164,7 @@ class DEQEncoder(nn.Module):
         backward: str = "implicit",
         backward_solver: SolverLike | None = None,
         backward_tol: float | None = None,
+        backward_atol: float | None = None,
         backward_max_iter: int | None = None,
         damping: float = 0.0,
         jacobian_samples: int = 0,
@@ -183,6 +185,7 @@ class DEQEncoder(nn.Module):
             "backward": backward,
             "backward_solver": backward_solver,
             "backward_tol": backward_tol,
+            "backward_atol": backward_atol,
             "backward_max_iter": backward_max_iter,
             "damping": damping,
             "throw": throw,

@@ -79,11 +79,16 @@ class _ImplicitBackward(torch.autograd.Function):
         opts.stats.status, opts.stats.iterations = res.status, res.iterations
         opts.stats.abs_residual, opts.stats.calls = res.abs_residual, opts.stats.calls + 1
         if not bool((res.status == Status.CONVERGED).all()):
+            name = make_solver(opts.solver).name
             sol = DEQSolution(
-                res.status, res.iterations, res.abs_residual, res.rel_residual, "adjoint", "implicit"
+                res.status, res.iterations, res.abs_residual, res.rel_residual, name, "implicit"
+            )
+            hint = (
+                "Try a larger backward_max_iter or backward_tol, backward_solver='anderson', or a more "
+                "contractive f; backward='jfb' avoids the adjoint solve."
             )
             try:
-                raise_if_failed(sol, "the adjoint fixed point of the implicit backward")
+                raise_if_failed(sol, "the adjoint fixed point of the implicit backward", hint=hint)
             except ConvergenceError as err:
                 if opts.throw:
                     raise
@@ -133,7 +138,10 @@ def fixed_point(
         Initial guess (commonly zeros). The first dimension is the batch.
     solver : {"anderson", "broyden", "picard"} or a solver instance (``Anderson(m=5)``, ...)
     tol, atol : float
-        Element ``b`` has converged when ``||f(z_b) - z_b|| <= atol + tol * ||f(z_b)||``.
+        Element ``b`` has converged when ``||f(z_b) - z_b|| <= atol + tol * ||f(z_b)||`` (norms over the
+        flattened element). The relative part accepts any ``z`` that is a fixed point to relative accuracy
+        ``tol``, including a far-off iterate when ``f(z) - z`` stays bounded; set ``tol=0`` for an
+        absolute criterion only.
     max_iter : int
         Maximum number of solver updates in the forward solve.
     backward : {"implicit", "jfb", "unrolled"}

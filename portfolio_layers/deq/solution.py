@@ -92,7 +92,7 @@ class DEQSolution:
         )
 
 
-def raise_if_failed(sol: DEQSolution, where: str) -> None:
+def raise_if_failed(sol: DEQSolution, where: str, *, hint: str | None = None) -> None:
     """Raise :class:`ConvergenceError` naming the failing batch elements, if any.
 
     Parameters
@@ -101,6 +101,8 @@ def raise_if_failed(sol: DEQSolution, where: str) -> None:
         The solution to check.
     where : str
         What was being solved (``"fixed_point"``, ``"adjoint fixed point"``), used in the message.
+    hint : str, optional
+        What to try, replacing the default advice.
     """
     failed = torch.nonzero(sol.status != Status.CONVERGED).flatten().tolist()
     if not failed:
@@ -109,10 +111,14 @@ def raise_if_failed(sol: DEQSolution, where: str) -> None:
     more = f" (and {len(failed) - 10} more)" if len(failed) > 10 else ""
     statuses = sorted({Status(int(sol.status[i])).name for i in failed})
     worst = float(sol.abs_residual[failed].max())
+    if hint is None:
+        hint = (
+            "Try a larger max_iter, solver='anderson', damping=0.5, or make f contractive "
+            "(spectral_normalize the cell's linear maps); pass throw=False to get the best iterate "
+            "and statuses."
+        )
     raise ConvergenceError(
         f"{where} ({sol.solver}) failed for batch elements {shown}{more}: status {', '.join(statuses)}, "
-        f"absolute residual up to {worst:.3e} after {int(sol.iterations.max())} iterations. "
-        "Try a larger max_iter, solver='anderson', damping=0.5, or make f contractive "
-        "(spectral_normalize the cell's linear maps); pass throw=False to get the best iterate and statuses.",
+        f"absolute residual up to {worst:.3e} after {int(sol.iterations.max())} iterations. {hint}",
         indices=[(i,) for i in failed],
     )

@@ -101,18 +101,23 @@ class Broyden:
 
     Keeps an inverse-Jacobian estimate ``H = -I + sum_i u_i v_i'`` (the ``memory`` most recent rank-one
     Sherman-Morrison updates) and steps ``z <- z - H g(z)``; the first step is a Picard step.
-    Updates with a near-zero denominator ``s'Hy`` are skipped for that element.
+    Updates with a near-zero denominator ``s'Hy`` are skipped for that element. Safeguard (there is no
+    line search): when an element's residual exceeds ``restart`` times the smallest it had, its estimate
+    is reset to ``-I`` (a Picard step).
     """
 
     memory: int = 20
+    restart: float = 10.0
     name: ClassVar[str] = "broyden"
 
     def __post_init__(self) -> None:
         if self.memory < 1:
             raise ConfigError(f"Broyden memory must be >= 1, got {self.memory}.")
+        if self.restart <= 1.0:
+            raise ConfigError(f"Broyden restart factor must be > 1, got {self.restart}.")
 
     def init(self, z: Tensor, fz: Tensor) -> dict[str, Any]:
-        return {"us": [], "vs": [], "prev": None}
+        return {"us": [], "vs": [], "prev": None, "best": None}
 
     @staticmethod
     def _apply(us: list[Tensor], vs: list[Tensor], x: Tensor, transpose: bool) -> Tensor:
@@ -125,6 +130,10 @@ class Broyden:
     def step(self, state: dict[str, Any], z: Tensor, fz: Tensor) -> tuple[Tensor, dict[str, Any]]:
         us, vs = state["us"], state["vs"]
         g = fz - z
+        gn = g.detach().norm(dim=-1, keepdim=True)
+        best = gn if state["best"] is None else torch.minimum(state["best"], gn)
+        keep = (gn <= self.restart * best).to(z.dtype)  # 0: reset this element's estimate
+        us = [u * keep for u in us]
         if state["prev"] is not None:
             z_prev, g_prev = state["prev"]
             s, y = z - z_prev, g - g_prev
@@ -134,10 +143,10 @@ class Broyden:
             eps = torch.finfo(z.dtype).eps
             ok = denom.abs() > eps * (s.norm(dim=-1, keepdim=True) * Hy.norm(dim=-1, keepdim=True)) + 1e-30
             safe = torch.where(ok, denom, torch.ones_like(denom))
-            u = torch.where(ok, (s - Hy) / safe, torch.zeros_like(s))
+            u = torch.where(ok, (s - Hy) / safe, torch.zeros_like(s)) * keep
             us, vs = (us + [u])[-self.memory :], (vs + [sH])[-self.memory :]
         z_next = z - self._apply(us, vs, g, transpose=False)
-        return z_next, {"us": us, "vs": vs, "prev": (z, g)}
+        return z_next, {"us": us, "vs": vs, "prev": (z, g), "best": best}
 
 
 SOLVERS: dict[str, type] = {"picard": Picard, "anderson": Anderson, "broyden": Broyden}
@@ -169,13 +178,15 @@ class IterateResult:
     trace: Tensor | None
 
 
-def _residuals(z: Tensor, fz: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def _residuals(z: Tensor, fz: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Per-element ``||f(z) - z||``, its ratio to ``||f(z)||`` and finiteness (read off the norms: a NaN or
+    infinite entry makes them non-finite; so does a norm overflowing, which counts as divergence)."""
     with torch.no_grad():
         diff = (fz - z).norm(dim=-1)
         nf = fz.norm(dim=-1)
-        finite = torch.isfinite(fz).all(-1) & torch.isfinite(z).all(-1)
+        finite = torch.isfinite(diff) & torch.isfinite(nf)
         rel = diff / nf.clamp_min(torch.finfo(fz.dtype).tiny)
-    return diff, rel, finite
+    return diff, rel, finite, nf
 
 
 def iterate(
@@ -228,8 +239,8 @@ def iterate(
 
     z = z0.reshape(B, -1)
     fz = g(z)
-    res, rel, finite = _residuals(z, fz)
-    conv = finite & (res <= atol + tol * fz.detach().norm(dim=-1))
+    res, rel, finite, nf = _residuals(z, fz)
+    conv = finite & (res <= atol + tol * nf)
     active = finite & ~conv
     best_z, best_res = z, torch.where(finite, res, torch.full_like(res, math.inf))
     best_rel = torch.where(finite, rel, torch.full_like(rel, math.inf))
@@ -239,14 +250,13 @@ def iterate(
     for _ in range(max_iter):
         if not bool(active.any()):
             break
-        ok_rows = torch.isfinite(fz).all(-1, keepdim=True)
-        z_next, state = solver.step(state, z, torch.where(ok_rows, fz, z))
+        z_next, state = solver.step(state, z, torch.where(finite.unsqueeze(-1), fz, z))
         a = active.unsqueeze(-1)
         z = torch.where(a, z_next, z)
         fz = torch.where(a, g(z), fz)
         iters = iters + active.long()
-        res, rel, finite = _residuals(z, fz)
-        conv_now = active & finite & (res <= atol + tol * fz.detach().norm(dim=-1))
+        res, rel, finite, nf = _residuals(z, fz)
+        conv_now = active & finite & (res <= atol + tol * nf)
         better = (active & finite & (res < best_res)) | conv_now
         best_z = torch.where(better.unsqueeze(-1), z, best_z)
         best_res = torch.where(better, res, best_res)
