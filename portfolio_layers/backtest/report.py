@@ -59,6 +59,38 @@ def _lines(frame: pd.DataFrame, title: str, ylabel: str, *, logy: bool = False) 
     return _png(fig)
 
 
+_X_COLUMNS = ("epoch", "step", "iteration")
+
+
+def _diagnostic_plot(title: str, frame: pd.DataFrame) -> str:
+    """One panel per numeric column (at most 9); x is an ``epoch``/``step``/``iteration`` column if present,
+    else the index; rows are split into one line per value of the first non-numeric column with 2 to 30
+    distinct values (for example one training curve per fit date)."""
+    x_col = next((c for c in _X_COLUMNS if c in frame.columns), None)
+    numeric = [c for c in frame.select_dtypes(include=[np.number, "bool"]).columns if c != x_col][:9]
+    group_col = next(
+        (c for c in frame.columns if c not in numeric and c != x_col and 2 <= frame[c].nunique() <= 30), None
+    )
+    groups = list(frame.groupby(group_col, sort=False)) if group_col is not None else [(None, frame)]
+    cols = min(3, len(numeric))
+    rows = -(-len(numeric) // cols)
+    fig = Figure(figsize=(10, 2.6 * rows), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+    for ax, col in zip(axes, numeric, strict=False):
+        for key, part in groups:
+            x = part[x_col].to_numpy() if x_col is not None else part.index
+            ax.plot(x, part[col].to_numpy(dtype=float), linewidth=1, label=None if key is None else str(key))
+        ax.set_title(str(col), fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=7)
+    for ax in axes[len(numeric) :]:
+        ax.set_visible(False)
+    if group_col is not None and len(groups) <= 10:
+        axes[0].legend(fontsize=6, title=str(group_col), title_fontsize=6)
+    fig.suptitle(title)
+    return _png(fig)
+
+
 def _weights_plot(name: str, weights: pd.DataFrame) -> str:
     fig = Figure(figsize=(10, 4))
     ax = fig.subplots()
@@ -121,10 +153,12 @@ def render_report(result: BacktestResult) -> str:
         for name, diags in result.diagnostics.items():
             for key, frame in diags.items():
                 parts.append(f"<h3>{html.escape(name)}: {html.escape(key)}</h3>")
-                if frame.select_dtypes(include=[np.number]).shape[1] and len(frame):
-                    parts.append(_lines(frame, f"{name}: {key}", key))
-                else:
-                    parts.append("<p class='note'>(no numeric data)</p>")
+                if len(frame) <= 30:
+                    parts.append(_table(frame))
+                if len(frame) > 1 and frame.select_dtypes(include=[np.number, "bool"]).shape[1]:
+                    parts.append(_diagnostic_plot(f"{name}: {key}", frame))
+                elif len(frame) > 30:
+                    parts.append("<p class='note'>(no numeric data to plot)</p>")
     seconds = ", ".join(f"{html.escape(k)} {v:.1f}s" for k, v in result.seconds.items())
     parts += [
         "<h2>Configuration</h2>",
