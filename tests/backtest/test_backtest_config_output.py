@@ -104,6 +104,8 @@ def test_save_writes_every_output(tmp_path):
     assert "sharpe" in html and "max_drawdown" in html and "<script" not in html
     html2 = (tmp_path / "b" / "report.html").read_text()
     assert "diag: training curve" in html2
+    assert html2.count("data:image/png;base64,") == 5  # + one diagnostics plot
+    assert (tmp_path / "a" / "sharpe_tests.csv").is_file()
     assert (tmp_path / "b" / "diagnostics" / "diag" / "training_curve.csv").is_file()
     # The resolved config reflects the strategies actually run.
     assert tomllib.loads((tmp_path / "b" / "config.toml").read_text())["strategies"] == [
