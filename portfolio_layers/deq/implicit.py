@@ -202,7 +202,8 @@ def fixed_point(
             z_pre = fd(z_in)
 
             def vjp(g: Tensor) -> Tensor:
-                return torch.autograd.grad(z_pre, z_in, g, retain_graph=True)[0]
+                (out,) = torch.autograd.grad(z_pre, z_in, g, retain_graph=True, allow_unused=True)
+                return torch.zeros_like(g) if out is None else out  # None: f does not depend on z
 
             z_out = _ImplicitBackward.apply(z_pre, vjp, bwd)
         else:

@@ -148,3 +148,11 @@ def test_spectral_normalize_caps_the_norm_and_keeps_small_weights():
     assert hasattr(wn.parametrizations.weight, "original0")
     with pytest.raises(ConfigError, match="normalization"):
         normalize_linear(nn.Linear(2, 2), "batch")
+
+
+def test_map_independent_of_z_gets_its_plain_gradient():
+    x = torch.ones(2, 3, dtype=torch.float64, requires_grad=True)
+    z, sol = fixed_point(lambda z: 2.0 * x, torch.zeros(2, 3, dtype=torch.float64))
+    z.sum().backward()
+    torch.testing.assert_close(x.grad, torch.full((2, 3), 2.0, dtype=torch.float64))
+    assert sol.all_converged

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from portfolio_layers.deq import DEQEncoder, MixingCell, Status
-from portfolio_layers.errors import ConfigError, NonFiniteError, ShapeError
+from portfolio_layers.errors import ConfigError, ConvergenceError, NonFiniteError, ShapeError
 
 TIGHT = {"tol": 1e-12, "atol": 1e-12, "max_iter": 400}
 
@@ -129,3 +129,12 @@ def test_cpu_equals_cuda():
     emb_cpu, _ = enc(x, **TIGHT)
     emb_gpu, _ = enc.cuda()(x.cuda(), **TIGHT)
     torch.testing.assert_close(emb_gpu.cpu(), emb_cpu, rtol=1e-8, atol=1e-8)
+
+
+def test_throw_and_damping_options():
+    enc = make(throw=True, max_iter=2, tol=1e-12, atol=0.0)
+    with pytest.raises(ConvergenceError, match="fixed_point"):
+        enc(window())
+    emb, sol = make(damping=0.3)(window(), **TIGHT)
+    emb_ref, _ = make()(window(), **TIGHT)
+    torch.testing.assert_close(emb, emb_ref, rtol=1e-8, atol=1e-8)  # same equilibrium
