@@ -6,6 +6,8 @@ import warnings
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from portfolio_layers.deq import Anderson, Broyden, Picard, Status, fixed_point, make_solver
 from portfolio_layers.errors import ConfigError, ConvergenceError, NonFiniteError, ShapeError
@@ -170,3 +172,25 @@ def test_bad_inputs():
         fixed_point(lambda z: z, torch.tensor(1.0))
     with pytest.raises(NonFiniteError):
         fixed_point(lambda z: 0.5 * z, torch.tensor([[float("inf")]]))
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    n=st.integers(1, 8),
+    rho=st.floats(0.0, 0.95),
+    solver=st.sampled_from(SOLVERS),
+    tol=st.sampled_from([1e-3, 1e-6, 1e-9]),
+)
+def test_converged_elements_meet_the_documented_criterion(seed, n, rho, solver, tol):
+    W, U, x = linear_problem(n=n, batch=3, rho=rho, seed=seed)
+    z0 = torch.zeros_like(x)
+    f = lambda z: torch.tanh(z @ W.T) + x  # noqa: E731
+    z, sol = fixed_point(f, z0, solver=solver, tol=tol, atol=0.0, max_iter=500)
+    assert sol.all_converged
+    # the returned z is f(z_best); its distance to the exact fixed point is bounded by the contraction:
+    # ||f(zb) - z*|| <= rho ||zb - z*|| <= rho / (1 - rho) ||f(zb) - zb||
+    z_exact, _ = fixed_point(f, z0, solver="anderson", **TIGHT)
+    bound = rho / (1 - rho) * sol.abs_residual + 1e-10
+    assert bool(((z - z_exact).norm(dim=-1) <= bound * (1 + 1e-6)).all())
+    assert bool((sol.abs_residual <= tol * z.norm(dim=-1) * (1 + 1e-9)).all())  # z = f(z_best)
