@@ -1,6 +1,8 @@
 """The ``torch.autograd.Function`` of the interior-point backend: implicit KKT backward.
 
-At the returned point the KKT conditions ``F(z, theta) = 0`` (stationarity, ``Ax = b``,
+A polished element (the usual case, see :mod:`portfolio_layers.qp.polish`) is differentiated
+through its active-set KKT system with the factorization computed by the polish (the exact
+derivative where strict complementarity holds). Otherwise, at the returned point the KKT conditions ``F(z, theta) = 0`` (stationarity, ``Ax = b``,
 ``Gx + s = h``, ``lam * s = mu``, ``z_l * (x - lb) = mu``, ``z_u * (ub - x) = mu``) are linearized;
 the adjoint system is the reduced saddle system of :mod:`portfolio_layers.qp.kkt` with right-hand
 side ``(dL/dx, 0)``, solved with the factorization computed once at the returned point and kept in
@@ -8,8 +10,9 @@ the autograd context (one pair of triangular solves per backward).
 
 Degenerate points (an active constraint with a zero multiplier, redundant constraints) give finite
 gradients: they are the derivative of the interior-point solution at its final (tiny) barrier
-parameter, i.e. the active and inactive one-sided derivatives are blended by ``lam / s``. Elements
-that were not solved get zero gradients.
+parameter, i.e. the active and inactive one-sided derivatives are blended by ``lam / s``; after a
+polish, a constraint that is active with a zero multiplier is treated as active (the derivative of
+the solution with that constraint held). Elements that were not solved get zero gradients.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from portfolio_layers.qp.ipm import InteriorPoint, IPMResult, IPMState
+from portfolio_layers.qp.kkt import AugmentedKKT, ReducedKKT
+from portfolio_layers.qp.polish import ActiveSet
 from portfolio_layers.qp.problem import QPData
 from portfolio_layers.qp.solution import Status
 
@@ -62,27 +67,43 @@ class IPMFunction(torch.autograd.Function):
             return
         data: QPData = holder["data"]
         res: IPMResult = holder["result"]
-        ctx.kkt = solver.factor_at(data, res.state)
-        ctx.res = res
-        ctx.data = data
+        ctx.res, ctx.data = res, data
+        polished = torch.zeros_like(res.status, dtype=torch.bool)
+        for idx, _, _ in res.polished:
+            polished[idx] = True
+        rest = ((res.status == Status.SOLVED) & ~polished).nonzero().squeeze(-1)
+        ctx.rest = rest
+        ctx.rest_kkt = solver.factor_at(data.take(rest), res.state.take(rest)) if rest.numel() else None
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, gx: Tensor) -> tuple[Tensor | None, ...]:
         d: QPData = ctx.data
         st = ctx.res.state
-        solved = (ctx.res.status == Status.SOLVED).to(gx.dtype).unsqueeze(-1)
-        gx = gx * solved
-        wl = None
-        if d.G is None:
-            wx, wy = ctx.kkt.refined_solve(gx, None if d.A is None else torch.zeros_like(d.b), steps=1)
-        else:
-            wx, wy, wl = ctx.kkt.solve(gx)
+        wx = torch.zeros_like(gx)
+        wy = None if d.A is None else torch.zeros_like(d.b)
+        wl = None if d.G is None else torch.zeros_like(d.h)
+        glb, gub = torch.zeros_like(gx), torch.zeros_like(gx)
+        groups = [(i, ("active", act, K)) for i, act, K in ctx.res.polished]
+        if ctx.rest.numel():
+            groups.append((ctx.rest, ("ipm", None, ctx.rest_kkt)))
+        for idx, (kind, act, K) in groups:
+            sub, s_st, g = d.take(idx), st.take(idx), gx[idx]
+            if kind == "active":
+                w = _adjoint_active(sub, s_st, act, K, g)
+            else:
+                w = _adjoint_ipm(sub, s_st, K, g)
+            wx[idx] = w[0]
+            if wy is not None:
+                wy[idx] = w[1]
+            if wl is not None:
+                wl[idx] = w[2]
+            glb[idx], gub[idx] = w[3], w[4]
         x = st.x
         need = ctx.needs_input_grad
         gP = -wx.unsqueeze(-1) * x.unsqueeze(-2) if need[3] else None
         gq = wx if need[4] else None
-        gA = gb = gG = gh = glb = gub = None
+        gA = gb = gG = gh = None
         if d.A is not None:
             gA = (
                 -(st.y.unsqueeze(-1) * wx.unsqueeze(-2) + wy.unsqueeze(-1) * x.unsqueeze(-2))
@@ -90,17 +111,48 @@ class IPMFunction(torch.autograd.Function):
                 else None
             )
             gb = wy if need[6] else None
-        if d.G is not None and (need[7] or need[8]):
+        if d.G is not None:
             gG = (
                 -(st.lam.unsqueeze(-1) * wx.unsqueeze(-2) + wl.unsqueeze(-1) * x.unsqueeze(-2))
                 if need[7]
                 else None
             )
             gh = wl if need[8] else None
-        if need[9]:
-            ml = torch.isfinite(d.lb)
-            glb = torch.where(ml, st.zl * wx / torch.where(ml, x - d.lb, 1.0), 0.0)
-        if need[10]:
-            mu = torch.isfinite(d.ub)
-            gub = torch.where(mu, st.zu * wx / torch.where(mu, d.ub - x, 1.0), 0.0)
-        return None, None, None, gP, gq, gA, gb, gG, gh, glb, gub
+        return None, None, None, gP, gq, gA, gb, gG, gh, glb if need[9] else None, gub if need[10] else None
+
+
+def _adjoint_active(d: QPData, st: IPMState, act: ActiveSet, K: ReducedKKT, gx: Tensor) -> tuple:
+    """Adjoint of the active-set KKT system (exact derivative at a polished point)."""
+    free = (~(act.lower | act.upper)).to(gx.dtype)
+    r2 = None if K.A is None else torch.zeros(gx.shape[0], K.A.shape[-2], dtype=gx.dtype, device=gx.device)
+    wx, nu = K.refined_solve(free * gx, r2, steps=1)
+    wx = free * wx
+    wy = None if d.A is None else nu[:, : d.p]
+    wl = None if d.G is None else nu[:, d.p :] * act.rows.to(gx.dtype)
+    t = gx - _mv(d.P, wx)
+    if wy is not None:
+        t = t - _mtv(d.A, wy)
+    if wl is not None:
+        t = t - _mtv(d.G, wl)
+    return wx, wy, wl, torch.where(act.lower, t, 0.0), torch.where(act.upper, t, 0.0)
+
+
+def _adjoint_ipm(d: QPData, st: IPMState, K: ReducedKKT | AugmentedKKT, gx: Tensor) -> tuple:
+    """Adjoint of the linearized KKT system at an interior-point iterate."""
+    wl = None
+    if d.G is None:
+        wx, wy = K.refined_solve(gx, None if d.A is None else torch.zeros_like(d.b), steps=1)
+    else:
+        wx, wy, wl = K.solve(gx)
+    ml, mu = torch.isfinite(d.lb), torch.isfinite(d.ub)
+    glb = torch.where(ml, st.zl * wx / torch.where(ml, st.x - d.lb, 1.0), 0.0)
+    gub = torch.where(mu, st.zu * wx / torch.where(mu, d.ub - st.x, 1.0), 0.0)
+    return wx, wy, wl, glb, gub
+
+
+def _mv(M: Tensor, v: Tensor) -> Tensor:
+    return (M @ v.unsqueeze(-1)).squeeze(-1)
+
+
+def _mtv(M: Tensor, v: Tensor) -> Tensor:
+    return (v.unsqueeze(-2) @ M).squeeze(-2)

@@ -13,12 +13,13 @@ relative to ``1 + max|b|, |h|`` on the primal side.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
 from portfolio_layers.qp.kkt import AugmentedKKT, ReducedKKT, factor, factor_augmented, reduced_matrix
+from portfolio_layers.qp.polish import ActiveSet, guess_active, polish_corrected
 from portfolio_layers.qp.problem import QPData
 from portfolio_layers.qp.solution import Status
 
@@ -59,6 +60,8 @@ class IPMResult:
     primal_residual: Tensor
     dual_residual: Tensor
     gap: Tensor
+    polished: list = field(default_factory=list)
+    """Chunks ``(batch indices, ActiveSet, ReducedKKT)`` of the elements finished by polishing."""
 
 
 @dataclass(frozen=True)
@@ -76,16 +79,23 @@ class InteriorPoint:
         Fraction of the step to the boundary of the positive orthant that is taken.
     shift : float
         Diagonal shift added to the reduced matrix before its Cholesky factorization.
+    polish_mu : float
+        Once residuals and ``mu`` are below this, active-set polishing is tried (again each time
+        ``mu`` has dropped 100x); a successful polish finishes the element. 0 disables polishing.
+    polish_eps : float
+        Feasibility / dual-sign tolerance for accepting a polished point.
     """
 
     tol: float = 1e-9
     max_iter: int = 50
     step_fraction: float = 0.99
     shift: float = 1e-13
+    polish_mu: float = 1e-6
+    polish_eps: float = 1e-9
 
     def solve(self, data: QPData, warm_start: IPMState | None = None) -> IPMResult:
         """Solve the batch ``data`` (normalized as described in the module docstring)."""
-        B, _n, dt, dev = data.P.shape[0], data.n, data.P.dtype, data.P.device
+        B, dt, dev = data.P.shape[0], data.P.dtype, data.P.device
         ml, mu = torch.isfinite(data.lb), torch.isfinite(data.ub)
         if bool((data.lb == data.ub).any()):
             raise_equal_bounds(data)
@@ -99,17 +109,29 @@ class InteriorPoint:
         out = IPMState(*(None if v is None else v.clone() for v in init._fields()))
         iters = torch.zeros(B, dtype=torch.int32, device=dev)
         pres, dres, gap = (torch.full((B,), torch.nan, dtype=dt, device=dev) for _ in range(3))
+        chunks: list[tuple[Tensor, ActiveSet, ReducedKKT]] = []
 
         idx = (status < 0).nonzero().squeeze(-1)
         sub, st = data.take(idx), init.take(idx)
         sml, smu, slb, sub0, snc, sps = (v[idx] for v in (ml, mu, lb0, ub0, ncomp, pscale))
         failed = torch.zeros(idx.numel(), dtype=torch.bool, device=dev)
+        last_try = torch.full((idx.numel(),), torch.inf, dtype=dt, device=dev)
         for it in range(self.max_iter + 1):
             if idx.numel() == 0:
                 break
             r = _residuals(sub, st, sml, smu, slb, sub0, snc)
             code = torch.full_like(idx, -1, dtype=torch.int8)
             code[(r.pres <= self.tol * sps) & (r.dres <= self.tol) & (r.mu <= self.tol)] = Status.SOLVED
+            if self.polish_mu > 0:
+                near = (
+                    (r.pres <= self.polish_mu * sps) & (r.dres <= self.polish_mu) & (r.mu <= self.polish_mu)
+                )
+                try_ = (code == Status.SOLVED) | ((code < 0) & near & (r.mu <= 1e-2 * last_try))
+                if bool(try_.any()):
+                    t = try_.nonzero().squeeze(-1)
+                    last_try[t] = r.mu[t]
+                    st, r, good = self._polish(sub, st, r, t, sml, smu, slb, sub0, snc, chunks, idx)
+                    code[good] = Status.SOLVED
             undecided = code < 0
             code[undecided & _farkas(sub, st, r, sml, smu, slb, sub0)] = Status.PRIMAL_INFEASIBLE
             code[(code < 0) & _unbounded(sub, st, r)] = Status.DUAL_INFEASIBLE
@@ -127,10 +149,33 @@ class InteriorPoint:
                 idx = idx[keep]
                 if idx.numel() == 0:
                     break
-                sub, st, r = sub.take(keep), st.take(keep), r.take(keep)
+                sub, st, r, last_try = sub.take(keep), st.take(keep), r.take(keep), last_try[keep]
                 sml, smu, slb, sub0, snc, sps = (v[keep] for v in (sml, smu, slb, sub0, snc, sps))
             st, failed = self._step(sub, st, r, sml, smu, snc)
-        return IPMResult(out, status, iters, pres, dres, gap)
+        return IPMResult(out, status, iters, pres, dres, gap, chunks)
+
+    def _polish(self, sub, st, r, t, sml, smu, slb, sub0, snc, chunks, idx):
+        """Try active-set polishing on the rows ``t`` of the active batch; returns updated st, r, mask."""
+        d = sub.take(t)
+        s_t = st.take(t)
+        act = guess_active(d, s_t.x, s_t.s, s_t.lam, s_t.zl, s_t.zu)
+        pol = polish_corrected(d, act, self.shift, self.polish_eps)
+        good = torch.zeros(st.x.shape[0], dtype=torch.bool, device=st.x.device)
+        if not bool(pol.ok.any()):
+            return st, r, good
+        k = pol.ok.nonzero().squeeze(-1)
+        rows = t[k]
+        good[rows] = True
+        s_new = None if d.G is None else (d.h - _mv(d.G, pol.x)).clamp_min(0.0)[k]
+        new = IPMState(pol.x[k], s_new, None if pol.lam is None else pol.lam[k], pol.zl[k], pol.zu[k],
+                       None if pol.y is None else pol.y[k])  # fmt: skip
+        full = IPMState(*(None if v is None else v.clone() for v in st._fields()))
+        full.put(rows, new)
+        r_new = _residuals(sub.take(rows), new, sml[rows], smu[rows], slb[rows], sub0[rows], snc[rows])
+        r = _Residuals(*(None if a is None else a.index_copy(0, rows, b)
+                         for a, b in zip(r.__dict__.values(), r_new.__dict__.values(), strict=True)))  # fmt: skip
+        chunks.append((idx[rows], pol.active.take(k), pol.kkt.take(k)))
+        return full, r, good
 
     def _step(self, d: QPData, st: IPMState, r: _Residuals, ml: Tensor, mu: Tensor, ncomp: Tensor):
         """One predictor-corrector step; returns the new state and a factorization-failure mask."""

@@ -44,6 +44,12 @@ class ReducedKKT:
     ok: Tensor
     H: Tensor | None = None
 
+    def take(self, idx: Tensor) -> ReducedKKT:
+        """The factorization of the sub-batch ``idx``."""
+        return ReducedKKT(
+            *(None if v is None else v[idx] for v in (self.L, self.A, self.HiAt, self.Ls, self.ok, self.H))
+        )
+
     def refined_solve(self, r1: Tensor, r2: Tensor | None, steps: int = 2) -> tuple[Tensor, Tensor | None]:
         """:meth:`solve` plus ``steps`` rounds of iterative refinement against the stored ``H``.
 

@@ -109,7 +109,14 @@ def _solve_ipm(data: QPData, tol: float, max_iter: int, warm_start: QPSolution |
     check_psd(Ps.detach(), data.batch_shape)
     scaled = QPData(Ps.detach(), qs.detach(), *data.tensors()[2:], batch_shape=data.batch_shape)
     warm = _warm(scaled, warm_start, c)
-    solver = InteriorPoint(tol=tol, max_iter=max_iter, shift=1e-13 if P.dtype == torch.float64 else 1e-7)
+    f64 = P.dtype == torch.float64
+    solver = InteriorPoint(
+        tol=tol,
+        max_iter=max_iter,
+        shift=1e-13 if f64 else 1e-7,
+        polish_mu=1e-6 if f64 else 1e-4,
+        polish_eps=1e-9 if f64 else 1e-5,
+    )
     holder: dict = {}
     x = IPMFunction.apply(solver, holder, warm, Ps, qs, *data.tensors()[2:])
     res = holder["result"]

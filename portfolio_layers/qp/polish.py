@@ -1,0 +1,199 @@
+"""Active-set polishing of an interior-point iterate, and its KKT factorization for the backward.
+
+Near the solution the interior point identifies which bounds and inequality rows are active (slack
+smaller than multiplier). Fixing them gives an equality-constrained QP on the free variables,
+
+    [ H   C' ] [x_F]   [r]       H = P restricted to the free variables (identity elsewhere),
+    [ C   0  ] [ nu] = [c],      C = [A; G_active] restricted to the free variables,
+
+solved with the reduced-KKT machinery of :mod:`portfolio_layers.qp.kkt`. The polished point is
+accepted only if it is primal and dual feasible (within ``eps``); it is then exact to rounding, and
+its factorization is the one the implicit backward reuses (the exact active-set derivative).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from portfolio_layers.qp.kkt import ReducedKKT, _shifted_cholesky
+from portfolio_layers.qp.problem import QPData
+
+
+@dataclass(frozen=True)
+class ActiveSet:
+    """Active constraints of a batch: ``lower``/``upper (B, n)`` bool, ``rows (B, m)`` bool or None."""
+
+    lower: Tensor
+    upper: Tensor
+    rows: Tensor | None
+
+    def take(self, idx: Tensor) -> ActiveSet:
+        return ActiveSet(self.lower[idx], self.upper[idx], None if self.rows is None else self.rows[idx])
+
+
+@dataclass(frozen=True)
+class Polished:
+    """A polished batch: point, multipliers, validity, and the factorization for the backward."""
+
+    x: Tensor
+    y: Tensor | None
+    lam: Tensor | None
+    zl: Tensor
+    zu: Tensor
+    ok: Tensor
+    active: ActiveSet
+    kkt: ReducedKKT
+    x_raw: Tensor
+    g_raw: Tensor
+    lam_raw: Tensor | None
+
+
+def guess_active(
+    d: QPData, x: Tensor, s: Tensor | None, lam: Tensor | None, zl: Tensor, zu: Tensor
+) -> ActiveSet:
+    """Bounds / rows whose slack is smaller than their multiplier."""
+    ml, mu = torch.isfinite(d.lb), torch.isfinite(d.ub)
+    lower = ml & (torch.where(ml, x - d.lb, torch.inf) < zl)
+    upper = mu & (torch.where(mu, d.ub - x, torch.inf) < zu) & ~lower
+    rows = None if d.G is None else s < lam
+    return ActiveSet(lower, upper, rows)
+
+
+def factor_active(d: QPData, act: ActiveSet, shift: float) -> ReducedKKT:
+    """Factor the equality-constrained KKT system of the active set (``H`` kept for refinement)."""
+    free = (~(act.lower | act.upper)).to(d.P.dtype)
+    H = d.P * free.unsqueeze(-1) * free.unsqueeze(-2)
+    H.diagonal(dim1=-2, dim2=-1).add_(1.0 - free)
+    Hk = H.clone()
+    delta = torch.full(free.shape[:1], shift, dtype=H.dtype, device=H.device)
+    L, ok = _shifted_cholesky(H, delta)
+    C = _constraint_rows(d, act)
+    if C is None:
+        return ReducedKKT(L, None, None, None, ok, Hk)
+    C = C * free.unsqueeze(-2)
+    HiCt = torch.cholesky_solve(C.mT.contiguous(), L)
+    S = C @ HiCt
+    if act.rows is not None:  # inactive rows: nu = 0
+        S[:, d.p :, d.p :].diagonal(dim1=-2, dim2=-1).add_((~act.rows).to(S.dtype))
+    scale = S.diagonal(dim1=-2, dim2=-1).amax(-1).clamp_min(1.0)
+    Ls, ok_s = _shifted_cholesky(S, shift * scale)
+    return ReducedKKT(L, C, HiCt, Ls, ok & ok_s, Hk)
+
+
+def _constraint_rows(d: QPData, act: ActiveSet) -> Tensor | None:
+    rows = []
+    if d.A is not None:
+        rows.append(d.A)
+    if d.G is not None:
+        rows.append(d.G * act.rows.unsqueeze(-1).to(d.G.dtype))
+    return torch.cat(rows, -2) if rows else None
+
+
+def polish(d: QPData, act: ActiveSet, shift: float, eps: float) -> Polished:
+    """Solve the active-set QP and check its feasibility and dual signs (tolerance ``eps``)."""
+    dt = d.P.dtype
+    x_fix = torch.where(act.lower, d.lb, torch.where(act.upper, d.ub, 0.0))
+    free = (~(act.lower | act.upper)).to(dt)
+    K = factor_active(d, act, shift)
+    r1 = free * (d.q - _mv(d.P, x_fix))
+    r2 = None
+    if K.A is not None:
+        rhs = [v for v in (d.b, None if d.h is None else d.h * act.rows.to(dt)) if v is not None]
+        r2 = torch.cat(rhs, -1) - _mv(_constraint_rows(d, act), x_fix)
+    xf, nu = K.refined_solve(r1, r2, steps=1)
+    x = free * xf + x_fix
+    y = None if d.A is None else nu[:, : d.p]
+    lam = None if d.G is None else nu[:, d.p :] * act.rows.to(dt)
+    g = _mv(d.P, x) - d.q
+    if y is not None:
+        g = g + _mtv(d.A, y)
+    if lam is not None:
+        g = g + _mtv(d.G, lam)
+    zl = torch.where(act.lower, g, 0.0)
+    zu = torch.where(act.upper, -g, 0.0)
+    ok = K.ok & torch.isfinite(x).all(-1) & (zl >= -eps).all(-1) & (zu >= -eps).all(-1)
+    ok &= (free * g).abs().amax(-1) <= eps
+    ok &= ((x >= d.lb - eps * (1 + d.lb.abs())) & (x <= d.ub + eps * (1 + d.ub.abs()))).all(-1)
+    if lam is not None:
+        ok &= (lam >= -eps).all(-1)
+        ok &= (_mv(d.G, x) <= d.h + eps * (1 + d.h.abs())).all(-1)
+    if y is not None:
+        ok &= (_mv(d.A, x) - d.b).abs().amax(-1) <= eps * (1 + d.b.abs().amax(-1))
+    xc = torch.minimum(torch.maximum(x, d.lb), d.ub)
+    lc = None if lam is None else lam.clamp_min(0.0)
+    return Polished(xc, y, lc, zl.clamp_min(0.0), zu.clamp_min(0.0), ok, act, K, x, g, lam)
+
+
+def _mv(M: Tensor, v: Tensor) -> Tensor:
+    return (M @ v.unsqueeze(-1)).squeeze(-1)
+
+
+def _mtv(M: Tensor, v: Tensor) -> Tensor:
+    return (v.unsqueeze(-2) @ M).squeeze(-2)
+
+
+def polish_corrected(d: QPData, act: ActiveSet, shift: float, eps: float, rounds: int = 3) -> Polished:
+    """:func:`polish`, then up to ``rounds`` active-set corrections on the elements that failed.
+
+    A correction adds the free variables / rows that the polished point violates to the active set
+    and drops the active ones whose multiplier came out negative (a primal-dual active-set step).
+    """
+    pol = polish(d, act, shift, eps)
+    for _ in range(rounds):
+        bad = (~pol.ok).nonzero().squeeze(-1)
+        if bad.numel() == 0:
+            break
+        sub, a = d.take(bad), pol.active.take(bad)
+        x_raw, g = _raw(sub, a, pol, bad)
+        free = ~(a.lower | a.upper)
+        lower = (a.lower & (g >= -eps)) | (free & (x_raw < sub.lb))
+        upper = (a.upper & (-g >= -eps)) | (free & (x_raw > sub.ub))
+        rows = a.rows
+        if rows is not None:
+            lam = pol.lam_raw[bad]
+            rows = (rows & (lam >= -eps)) | (~rows & (_mv(sub.G, x_raw) > sub.h))
+        if rows is None and torch.equal(lower, a.lower) and torch.equal(upper, a.upper):
+            break
+        retry = polish(sub, ActiveSet(lower, upper & ~lower, rows), shift, eps)
+        pol = _merge(pol, retry, bad)
+    return pol
+
+
+def _raw(d: QPData, a: ActiveSet, pol: Polished, idx: Tensor) -> tuple[Tensor, Tensor]:
+    x = pol.x_raw[idx]
+    g = pol.g_raw[idx]
+    return x, g
+
+
+def _merge(pol: Polished, new: Polished, idx: Tensor) -> Polished:
+    """``pol`` with the elements ``idx`` replaced by ``new`` where ``new`` succeeded."""
+    take = idx[new.ok]
+    k = new.ok.nonzero().squeeze(-1)
+
+    def put(a: Tensor | None, b: Tensor | None) -> Tensor | None:
+        if a is None:
+            return None
+        out = a.clone()
+        out[take] = b[k]
+        return out
+
+    def put_all(a: Tensor | None, b: Tensor | None) -> Tensor | None:  # failing ones keep trying
+        if a is None:
+            return None
+        out = a.clone()
+        out[idx] = b
+        return out
+
+    act = ActiveSet(put_all(pol.active.lower, new.active.lower), put_all(pol.active.upper, new.active.upper),
+                    put_all(pol.active.rows, new.active.rows))  # fmt: skip
+    K, Kn = pol.kkt, new.kkt
+    kkt = ReducedKKT(*(put_all(a, b) for a, b in zip(
+        (K.L, K.A, K.HiAt, K.Ls, K.ok, K.H), (Kn.L, Kn.A, Kn.HiAt, Kn.Ls, Kn.ok, Kn.H), strict=True)))  # fmt: skip
+    return Polished(
+        put_all(pol.x, new.x), put_all(pol.y, new.y), put_all(pol.lam, new.lam), put_all(pol.zl, new.zl),
+        put_all(pol.zu, new.zu), put_all(pol.ok, new.ok), act, kkt,
+        put_all(pol.x_raw, new.x_raw), put_all(pol.g_raw, new.g_raw), put_all(pol.lam_raw, new.lam_raw),
+    )  # fmt: skip
