@@ -2,8 +2,8 @@
 
 A polished element (the usual case, see :mod:`portfolio_layers.qp.polish`) is differentiated
 through its active-set KKT system with the factorization computed by the polish (the exact
-derivative where strict complementarity holds). Otherwise, at the returned point the KKT conditions ``F(z, theta) = 0`` (stationarity, ``Ax = b``,
-``Gx + s = h``, ``lam * s = mu``, ``z_l * (x - lb) = mu``, ``z_u * (ub - x) = mu``) are linearized;
+derivative where strict complementarity holds). Otherwise, at the returned point the KKT
+conditions ``F(z, theta) = 0`` (stationarity, ``Ax = b``, ``Gx + s = h``, ``lam * s = mu``, ``z_l * (x - lb) = mu``, ``z_u * (ub - x) = mu``) are linearized;
 the adjoint system is the reduced saddle system of :mod:`portfolio_layers.qp.kkt` with right-hand
 side ``(dL/dx, 0)``, solved with the factorization computed once at the returned point and kept in
 the autograd context (one pair of triangular solves per backward).
@@ -101,7 +101,7 @@ class IPMFunction(torch.autograd.Function):
             glb[idx], gub[idx] = w[3], w[4]
         x = st.x
         need = ctx.needs_input_grad
-        gP = -wx.unsqueeze(-1) * x.unsqueeze(-2) if need[3] else None
+        gP = -_outer(wx, x) if need[3] else None
         gq = wx if need[4] else None
         gA = gb = gG = gh = None
         if d.A is not None:
@@ -156,3 +156,7 @@ def _mv(M: Tensor, v: Tensor) -> Tensor:
 
 def _mtv(M: Tensor, v: Tensor) -> Tensor:
     return (v.unsqueeze(-2) @ M).squeeze(-2)
+
+
+def _outer(u: Tensor, v: Tensor) -> Tensor:
+    return u.unsqueeze(-1) * v.unsqueeze(-2)

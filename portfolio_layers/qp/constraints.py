@@ -93,8 +93,11 @@ def long_only(n: int) -> LinearConstraints:
     return _empty(_check_n(n), lb=torch.zeros(n, dtype=_F64))
 
 
-def weight_bounds(n: int, lower: float | Sequence[float] | Tensor = -math.inf,
-                  upper: float | Sequence[float] | Tensor = math.inf) -> LinearConstraints:  # fmt: skip
+def weight_bounds(
+    n: int,
+    lower: float | Sequence[float] | Tensor = -math.inf,
+    upper: float | Sequence[float] | Tensor = math.inf,
+) -> LinearConstraints:
     """``lower <= w <= upper`` (numbers or per-asset vectors ``(n,)``)."""
     _check_n(n)
     return _empty(n, lb=_vector("lower", lower, n), ub=_vector("upper", upper, n))
@@ -201,5 +204,6 @@ def lift(c: LinearConstraints) -> dict[str, Tensor | int]:
         col += n
     lb = torch.cat([c.lb, torch.zeros(N - n, dtype=_F64)])
     ub = torch.cat([c.ub, torch.full((N - n,), math.inf, dtype=_F64)])
-    return dict(N=N, A=A, b=c.b, G=torch.cat(G_rows), h=torch.cat(h_rows), lb=lb, ub=ub,
-                turnover_rows=turnover_rows)  # fmt: skip
+    return dict(
+        N=N, A=A, b=c.b, G=torch.cat(G_rows), h=torch.cat(h_rows), lb=lb, ub=ub, turnover_rows=turnover_rows
+    )

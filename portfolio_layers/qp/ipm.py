@@ -167,13 +167,23 @@ class InteriorPoint:
         rows = t[k]
         good[rows] = True
         s_new = None if d.G is None else (d.h - _mv(d.G, pol.x)).clamp_min(0.0)[k]
-        new = IPMState(pol.x[k], s_new, None if pol.lam is None else pol.lam[k], pol.zl[k], pol.zu[k],
-                       None if pol.y is None else pol.y[k])  # fmt: skip
+        new = IPMState(
+            pol.x[k],
+            s_new,
+            None if pol.lam is None else pol.lam[k],
+            pol.zl[k],
+            pol.zu[k],
+            None if pol.y is None else pol.y[k],
+        )
         full = IPMState(*(None if v is None else v.clone() for v in st._fields()))
         full.put(rows, new)
         r_new = _residuals(sub.take(rows), new, sml[rows], smu[rows], slb[rows], sub0[rows], snc[rows])
-        r = _Residuals(*(None if a is None else a.index_copy(0, rows, b)
-                         for a, b in zip(r.__dict__.values(), r_new.__dict__.values(), strict=True)))  # fmt: skip
+        r = _Residuals(
+            *(
+                None if a is None else a.index_copy(0, rows, b)
+                for a, b in zip(r.__dict__.values(), r_new.__dict__.values(), strict=True)
+            )
+        )
         chunks.append((idx[rows], pol.active.take(k), pol.kkt.take(k)))
         return full, r, good
 
@@ -183,8 +193,9 @@ class InteriorPoint:
         dG = None if d.G is None else st.lam / st.s
         H = reduced_matrix(d.P, d.G, dG, fl * st.zl / r.tl + fu * st.zu / r.tu)
         K = factor(H, d.A, self.shift)
-        aff = _direction(K, d, st, r, st.s * st.lam if d.G is not None else None,
-                         fl * r.tl * st.zl, fu * r.tu * st.zu)  # fmt: skip
+        aff = _direction(
+            K, d, st, r, st.s * st.lam if d.G is not None else None, fl * r.tl * st.zl, fu * r.tu * st.zu
+        )
         a_aff = _max_step(st, r, aff, ml, mu, 1.0)
         comp = _complementarity(st, r, aff, a_aff, fl, fu)
         ratio = comp / (r.mu * ncomp).clamp_min(torch.finfo(comp.dtype).tiny)

@@ -262,10 +262,19 @@ class QPLayer(nn.Module):
         elif x0 is not None:
             raise ConfigError("x0 is only used by a turnover limit, and this QPLayer has none")
         return solve_qp(
-            P, q, A if A.shape[0] else None, b if A.shape[0] else None, G if G.shape[0] else None,
-            h if G.shape[0] else None, lb, ub, tol=self.tol, max_iter=self.max_iter, backend=self.backend,
+            P,
+            q,
+            A if A.shape[0] else None,
+            b if A.shape[0] else None,
+            G if G.shape[0] else None,
+            h if G.shape[0] else None,
+            lb,
+            ub,
+            tol=self.tol,
+            max_iter=self.max_iter,
+            backend=self.backend,
             throw=self.throw,
-        )  # fmt: skip
+        )
 
     def forward(self, P: Tensor, q: Tensor, x0: Tensor | None = None) -> Tensor:
         """Weights ``(*batch, n)`` (see :meth:`solve`)."""

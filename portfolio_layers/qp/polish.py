@@ -187,13 +187,25 @@ def _merge(pol: Polished, new: Polished, idx: Tensor) -> Polished:
         out[idx] = b
         return out
 
-    act = ActiveSet(put_all(pol.active.lower, new.active.lower), put_all(pol.active.upper, new.active.upper),
-                    put_all(pol.active.rows, new.active.rows))  # fmt: skip
+    act = ActiveSet(
+        put_all(pol.active.lower, new.active.lower),
+        put_all(pol.active.upper, new.active.upper),
+        put_all(pol.active.rows, new.active.rows),
+    )
     K, Kn = pol.kkt, new.kkt
-    kkt = ReducedKKT(*(put_all(a, b) for a, b in zip(
-        (K.L, K.A, K.HiAt, K.Ls, K.ok, K.H), (Kn.L, Kn.A, Kn.HiAt, Kn.Ls, Kn.ok, Kn.H), strict=True)))  # fmt: skip
+    old_f = (K.L, K.A, K.HiAt, K.Ls, K.ok, K.H)
+    new_f = (Kn.L, Kn.A, Kn.HiAt, Kn.Ls, Kn.ok, Kn.H)
+    kkt = ReducedKKT(*(put_all(a, b) for a, b in zip(old_f, new_f, strict=True)))
     return Polished(
-        put_all(pol.x, new.x), put_all(pol.y, new.y), put_all(pol.lam, new.lam), put_all(pol.zl, new.zl),
-        put_all(pol.zu, new.zu), put_all(pol.ok, new.ok), act, kkt,
-        put_all(pol.x_raw, new.x_raw), put_all(pol.g_raw, new.g_raw), put_all(pol.lam_raw, new.lam_raw),
-    )  # fmt: skip
+        put_all(pol.x, new.x),
+        put_all(pol.y, new.y),
+        put_all(pol.lam, new.lam),
+        put_all(pol.zl, new.zl),
+        put_all(pol.zu, new.zu),
+        put_all(pol.ok, new.ok),
+        act,
+        kkt,
+        put_all(pol.x_raw, new.x_raw),
+        put_all(pol.g_raw, new.g_raw),
+        put_all(pol.lam_raw, new.lam_raw),
+    )

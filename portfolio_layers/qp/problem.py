@@ -67,9 +67,16 @@ class QPData:
             return None if v is None else v.index_select(0, idx)
 
         return QPData(
-            t(self.P), t(self.q), t(self.A), t(self.b), t(self.G), t(self.h), t(self.lb), t(self.ub),
+            t(self.P),
+            t(self.q),
+            t(self.A),
+            t(self.b),
+            t(self.G),
+            t(self.h),
+            t(self.lb),
+            t(self.ub),
             (idx.numel(),),
-        )  # fmt: skip
+        )
 
     def tensors(self) -> tuple[Tensor | None, ...]:
         return (self.P, self.q, self.A, self.b, self.G, self.h, self.lb, self.ub)
