@@ -3,7 +3,8 @@
 A polished element (the usual case, see :mod:`portfolio_layers.qp.polish`) is differentiated
 through its active-set KKT system with the factorization computed by the polish (the exact
 derivative where strict complementarity holds). Otherwise, at the returned point the KKT
-conditions ``F(z, theta) = 0`` (stationarity, ``Ax = b``, ``Gx + s = h``, ``lam * s = mu``, ``z_l * (x - lb) = mu``, ``z_u * (ub - x) = mu``) are linearized;
+conditions ``F(z, theta) = 0`` (stationarity, ``Ax = b``, ``Gx + s = h``, ``lam * s = mu``,
+``z_l * (x - lb) = mu``, ``z_u * (ub - x) = mu``) are linearized;
 the adjoint system is the reduced saddle system of :mod:`portfolio_layers.qp.kkt` with right-hand
 side ``(dL/dx, 0)``, solved with the factorization computed once at the returned point and kept in
 the autograd context (one pair of triangular solves per backward).
