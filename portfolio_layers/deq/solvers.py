@@ -117,36 +117,40 @@ class Broyden:
             raise ConfigError(f"Broyden restart factor must be > 1, got {self.restart}.")
 
     def init(self, z: Tensor, fz: Tensor) -> dict[str, Any]:
-        return {"us": [], "vs": [], "prev": None, "best": None}
+        B, D = z.shape
+        return {"U": z.new_zeros(B, D, 0), "V": z.new_zeros(B, 0, D), "prev": None, "best": None}
 
     @staticmethod
-    def _apply(us: list[Tensor], vs: list[Tensor], x: Tensor, transpose: bool) -> Tensor:
-        out = -x
-        for u, v in zip(us, vs, strict=True):
-            a, b = (v, u) if transpose else (u, v)
-            out = out + a * (b * x).sum(-1, keepdim=True)
-        return out
+    def _apply(U: Tensor, V: Tensor, x: Tensor) -> Tensor:
+        """``H x = -x + sum_i u_i (v_i' x)``; ``U`` of shape (B, D, k), ``V`` (B, k, D), ``x`` (B, D)."""
+        return -x + torch.bmm(U, torch.bmm(V, x.unsqueeze(-1))).squeeze(-1)
+
+    @staticmethod
+    def _apply_t(U: Tensor, V: Tensor, x: Tensor) -> Tensor:
+        """``x' H`` (as a vector of shape (B, D))."""
+        return -x + torch.bmm(torch.bmm(x.unsqueeze(1), U), V).squeeze(1)
 
     def step(self, state: dict[str, Any], z: Tensor, fz: Tensor) -> tuple[Tensor, dict[str, Any]]:
-        us, vs = state["us"], state["vs"]
+        U, V = state["U"], state["V"]
         g = fz - z
         gn = g.detach().norm(dim=-1, keepdim=True)
         best = gn if state["best"] is None else torch.minimum(state["best"], gn)
         keep = (gn <= self.restart * best).to(z.dtype)  # 0: reset this element's estimate
-        us = [u * keep for u in us]
+        U = U * keep.unsqueeze(-1)
         if state["prev"] is not None:
             z_prev, g_prev = state["prev"]
             s, y = z - z_prev, g - g_prev
-            Hy = self._apply(us, vs, y, transpose=False)
-            sH = self._apply(us, vs, s, transpose=True)
+            Hy = self._apply(U, V, y)
+            sH = self._apply_t(U, V, s)
             denom = (s * Hy).sum(-1, keepdim=True)
             eps = torch.finfo(z.dtype).eps
             ok = denom.abs() > eps * (s.norm(dim=-1, keepdim=True) * Hy.norm(dim=-1, keepdim=True)) + 1e-30
             safe = torch.where(ok, denom, torch.ones_like(denom))
             u = torch.where(ok, (s - Hy) / safe, torch.zeros_like(s)) * keep
-            us, vs = (us + [u])[-self.memory :], (vs + [sH])[-self.memory :]
-        z_next = z - self._apply(us, vs, g, transpose=False)
-        return z_next, {"us": us, "vs": vs, "prev": (z, g), "best": best}
+            U = torch.cat([U, u.unsqueeze(-1)], dim=-1)[:, :, -self.memory :]
+            V = torch.cat([V, sH.unsqueeze(1)], dim=1)[:, -self.memory :]
+        z_next = z - self._apply(U, V, g)
+        return z_next, {"U": U, "V": V, "prev": (z, g), "best": best}
 
 
 SOLVERS: dict[str, type] = {"picard": Picard, "anderson": Anderson, "broyden": Broyden}
