@@ -57,10 +57,12 @@ def portfolio_qp_layer(
     *,
     max_weight: float | None = None,
     turnover_limit: float | None = None,
-    dtype: torch.dtype = torch.float64,
-    **qp_options: object,
+    tol: float | None = None,
+    max_iter: int = 50,
 ) -> nn.Module:
     """The QP layer of the long-only, fully invested portfolio problem (optional cap and turnover limit).
+
+    ``minimize 1/2 w'Pw - q'w  s.t.  1'w = 1,  0 <= w <= max_weight,  sum_i |w_i - x0_i| <= turnover_limit``
 
     Parameters
     ----------
@@ -69,24 +71,28 @@ def portfolio_qp_layer(
     max_weight : float, optional
         Per-asset cap ``u`` (needs ``n * u >= 1``).
     turnover_limit : float, optional
-        Bound on ``sum_i |w_i - w_prev_i|``; the layer then needs ``x0`` in ``forward``.
-    dtype : torch.dtype
-    **qp_options
-        Solver options forwarded to :class:`portfolio_layers.qp.QPLayer` (``tol``, ``max_iter``...).
+        Bound on the turnover against the previous weights ``x0`` given at solve time.
+    tol, max_iter
+        Solver options of :class:`portfolio_layers.qp.QPLayer`.
+
+    Returns
+    -------
+    portfolio_layers.qp.QPLayer
+        Built with ``throw=False``: failed solves are reported in ``QPSolution.status``, not raised.
     """
     from portfolio_layers import qp
 
-    if max_weight is not None and n_assets * max_weight < 1.0 - 1e-12:
+    if max_weight is not None and not (0 < max_weight <= 1 and n_assets * max_weight >= 1.0 - 1e-12):
         raise ConfigError(
-            f"max_weight={max_weight} with {n_assets} assets cannot be fully invested (n * max_weight < 1); "
-            f"use max_weight >= {1.0 / n_assets:.4f}"
+            f"max_weight={max_weight} with {n_assets} assets cannot be fully invested (need "
+            f"1/n <= max_weight <= 1); use max_weight >= {1.0 / n_assets:.4f}"
         )
-    constraints = [qp.fully_invested(n_assets), qp.long_only(n_assets)]
+    constraints = qp.fully_invested(n_assets) & qp.long_only(n_assets)
     if max_weight is not None:
-        constraints.append(qp.max_weight(n_assets, max_weight))
+        constraints = constraints & qp.weight_cap(n_assets, max_weight)
     if turnover_limit is not None:
-        constraints.append(qp.turnover_limit(n_assets, turnover_limit))
-    return qp.QPLayer(*constraints, dtype=dtype, **qp_options)
+        constraints = constraints & qp.turnover_limit(n_assets, turnover_limit)
+    return qp.QPLayer(constraints, tol=tol, max_iter=max_iter, throw=False)
 
 
 class E2ENet(nn.Module):
@@ -98,8 +104,9 @@ class E2ENet(nn.Module):
         ``encoder(x (batch, T, n, F)) -> (emb (batch, n, d), info)``, see models.encoders.
     d_model : int
         Embedding size ``d`` of the encoder.
-    qp_layer : nn.Module
-        ``qp_layer(P, q, x0) -> x`` (see :func:`portfolio_qp_layer`).
+    qp_layer : portfolio_layers.qp.QPLayer
+        The portfolio QP (see :func:`portfolio_qp_layer`); its ``solve(P, q, x0)`` gives a ``QPSolution``
+        whose first ``n`` entries of ``x`` are the weights.
     n_factors : int
         Factors of the risk head.
     blend_sample_cov : bool
@@ -110,8 +117,6 @@ class E2ENet(nn.Module):
         Initial ``gamma`` (annualised units).
     learn_risk_aversion : bool
         Train ``gamma`` (else it stays fixed).
-    needs_previous : bool
-        Whether the QP uses the previous weights (turnover limit); training then feeds them.
     """
 
     def __init__(
@@ -125,7 +130,6 @@ class E2ENet(nn.Module):
         blend_init: float = 0.5,
         risk_aversion: float = 5.0,
         learn_risk_aversion: bool = True,
-        needs_previous: bool = False,
     ) -> None:
         super().__init__()
         if risk_aversion <= 0:
@@ -136,7 +140,11 @@ class E2ENet(nn.Module):
         self.qp = qp_layer
         raw = torch.tensor(math.log(math.expm1(risk_aversion)))  # softplus^{-1}
         self.raw_risk_aversion = nn.Parameter(raw, requires_grad=learn_risk_aversion)
-        self.needs_previous = needs_previous
+
+    @property
+    def needs_previous(self) -> bool:
+        """Whether the QP uses the previous weights (a turnover limit); training then feeds them."""
+        return bool(getattr(self.qp, "needs_x0", False))
 
     @property
     def risk_aversion(self) -> Tensor:
@@ -171,11 +179,13 @@ class E2ENet(nn.Module):
         """
         pred = self.predict(x, sample_cov)
         n = pred.mu.shape[-1]
-        if previous is None and self.needs_previous:
+        if not self.needs_previous:
+            previous = None
+        elif previous is None:
             previous = torch.full_like(pred.mu, 1.0 / n)
-        if previous is not None and previous.shape != pred.mu.shape:
+        elif previous.shape != pred.mu.shape:
             raise ShapeError(
                 f"previous weights must have shape {tuple(pred.mu.shape)}, got {tuple(previous.shape)}"
             )
         solution = self.qp.solve(pred.risk_aversion * pred.cov, pred.mu, previous)
-        return NetOutput(solution.x, pred.mu, pred.cov, pred.risk_aversion, pred.deq, solution)
+        return NetOutput(solution.x[..., :n], pred.mu, pred.cov, pred.risk_aversion, pred.deq, solution)

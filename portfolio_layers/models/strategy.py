@@ -14,9 +14,11 @@ re-training them, and re-trains from the first missing fold on, with the same re
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import inspect
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +41,20 @@ __all__ = ["LEARNED", "E2EPortfolio", "make_learned_strategy"]
 
 _DTYPES = {"float64": torch.float64, "float32": torch.float32}
 FEATURE_CLIP = 5.0
+
+
+@contextlib.contextmanager
+def _threads(n: int | None):
+    """Set torch's intra-op thread count for a block, then restore it."""
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 class E2EPortfolio:
@@ -87,6 +103,10 @@ class E2EPortfolio:
         Directory for per-fit checkpoints (resume of interrupted walk-forward runs).
     progress : bool
         Show a progress bar per fit (stderr).
+    num_threads : int, optional
+        Torch intra-op threads during ``fit`` and ``weights`` (restored afterwards). The tensors are small,
+        so one thread is fastest, and several threads slow down badly when the cores are shared (measured
+        4x on 2 busy cores). ``None`` keeps the current setting.
     """
 
     def __init__(
@@ -122,6 +142,7 @@ class E2EPortfolio:
         encoder_options: dict | None = None,
         checkpoint_dir: str | None = None,
         progress: bool = False,
+        num_threads: int | None = 1,
     ) -> None:
         if encoder not in ENCODERS:
             raise ConfigError(f"unknown encoder {encoder!r}; choose one of {', '.join(ENCODERS)}")
@@ -140,7 +161,7 @@ class E2EPortfolio:
         self.epochs, self.refit_epochs, self.seed, self.dtype = epochs, refit_epochs, seed, dtype
         self.encoder_options = dict(encoder_options or {})
         self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
-        self.progress = progress
+        self.progress, self.num_threads = progress, num_threads
         # Validates every training option now (a ConfigError at construction, not at the first fit).
         self.train_config = TrainConfig(
             loss=loss,
@@ -226,7 +247,6 @@ class E2EPortfolio:
                 n_assets,
                 max_weight=self.max_weight,
                 turnover_limit=self.turnover_limit,
-                dtype=_DTYPES[self.dtype],
             )
             net = E2ENet(
                 encoder,
@@ -236,7 +256,6 @@ class E2EPortfolio:
                 blend_sample_cov=self.blend_sample_cov,
                 risk_aversion=self.risk_aversion,
                 learn_risk_aversion=self.learn_risk_aversion,
-                needs_previous=self.turnover_limit is not None,
             )
         return net.to(_DTYPES[self.dtype])
 
@@ -252,6 +271,10 @@ class E2EPortfolio:
         -------
         self
         """
+        with _threads(self.num_threads):
+            return self._fit(prices)
+
+    def _fit(self, prices: pd.DataFrame) -> E2EPortfolio:
         features, returns = self._features(prices)
         fold = len(self.histories_)
         first = self.net_ is None or self.refit_epochs == 0
@@ -313,6 +336,10 @@ class E2EPortfolio:
         ndarray of shape (n,)
             Long-only weights summing to 1.
         """
+        with _threads(self.num_threads):
+            return self._weights(prices, current)
+
+    def _weights(self, prices: pd.DataFrame, current: np.ndarray | None = None) -> np.ndarray:
         if self.net_ is None:
             raise ConfigError(f"{self.name}: call fit(prices) before weights(prices)")
         features, returns = self._features(prices)
@@ -322,8 +349,19 @@ class E2EPortfolio:
             previous = torch.as_tensor(np.asarray(current, dtype=np.float64)[None], dtype=_DTYPES[self.dtype])
         self.net_.eval()
         with torch.no_grad():
-            w = self.net_(batch.x, batch.sample_cov, previous).weights[0].double().numpy()
-        w = np.clip(w, 0.0, None)
+            out = self.net_(batch.x, batch.sample_cov, previous)
+        status = int(out.qp.status[0])
+        if status != 0:
+            from portfolio_layers.qp import Status
+
+            warnings.warn(
+                f"{self.name}: the portfolio QP on {prices.index[-1]:%Y-%m-%d} ended with "
+                f"{Status(status).name} ({Status(status).message}); its best iterate is used, clipped to "
+                "the bounds. A turnover limit with a cap can be infeasible when the drifted weights exceed "
+                "the cap.",
+                stacklevel=3,
+            )
+        w = np.clip(out.weights[0].double().numpy(), 0.0, None)
         return w / w.sum()
 
     # -- results ------------------------------------------------------------------------------------
