@@ -11,8 +11,9 @@ multipliers are NaN and ``iterations`` is 0.
   gradients of broadcast inputs are summed like those of the ``ipm`` backend. Bounds become rows of
   ``G``, so every batch element must have the same finite-bound pattern.
 - cvxpylayers builds one parametrized cvxpy problem per shape (cached) and solves the batch one
-  problem at a time through diffcp (``solve_method`` Clarabel by default, or SCS). ``P`` enters through a Cholesky factor ``L`` of
-  ``P + 1e-12 max|diag P| I`` (``1/2 ||L'x||^2``) so the problem is DPP.
+  problem at a time through diffcp (``solve_method`` Clarabel by default, or SCS). ``P`` enters
+  through a Cholesky factor ``L`` of ``P + 1e-12 max|diag P| I`` (``1/2 ||L'x||^2``) so the
+  problem is DPP.
 """
 
 from __future__ import annotations
