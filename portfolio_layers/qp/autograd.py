@@ -152,7 +152,7 @@ def _adjoint_ipm(d: QPData, st: IPMState, K: ReducedKKT | AugmentedKKT, gx: Tens
 
 
 def _mv(M: Tensor, v: Tensor) -> Tensor:
-    return (M @ v.unsqueeze(-1)).squeeze(-1)
+    return (v.unsqueeze(-2) @ M.mT).squeeze(-2)  # faster than M @ v[..., None] on CPU
 
 
 def _mtv(M: Tensor, v: Tensor) -> Tensor:

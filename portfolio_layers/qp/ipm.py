@@ -266,7 +266,7 @@ class _Residuals:
 
 
 def _mv(M: Tensor, v: Tensor) -> Tensor:
-    return (M @ v.unsqueeze(-1)).squeeze(-1)
+    return (v.unsqueeze(-2) @ M.mT).squeeze(-2)  # faster than M @ v[..., None] on CPU
 
 
 def _mtv(M: Tensor, v: Tensor) -> Tensor:

@@ -58,7 +58,7 @@ class ReducedKKT:
         """
         dx, dy = self.solve(r1, r2)
         for _ in range(steps):
-            e1 = r1 - (self.H @ dx.unsqueeze(-1)).squeeze(-1)
+            e1 = r1 - (dx.unsqueeze(-2) @ self.H.mT).squeeze(-2)
             e2 = None
             if self.A is not None:
                 e1 = e1 - (dy.unsqueeze(-2) @ self.A).squeeze(-2)
@@ -73,19 +73,24 @@ class ReducedKKT:
 
         Returns ``dx (B, n)`` and ``dy (B, p)`` (None without equalities).
         """
-        u = torch.cholesky_solve(r1.unsqueeze(-1), self.L)
+        u = chol_solve(self.L, r1.unsqueeze(-1))
         if self.A is None:
             return u.squeeze(-1), None
         rhs = self.A @ u - r2.unsqueeze(-1)
-        dy = torch.cholesky_solve(rhs, self.Ls)
+        dy = chol_solve(self.Ls, rhs)
         dx = u - self.HiAt @ dy
         return dx.squeeze(-1), dy.squeeze(-1)
 
 
-def _shifted_cholesky(M: Tensor, delta: Tensor, tries: int = 8) -> tuple[Tensor, Tensor]:
+def chol_solve(L: Tensor, R: Tensor) -> Tensor:
+    """``(L L')^-1 R`` by two triangular solves (faster than ``cholesky_solve`` for batches on CPU)."""
+    return torch.linalg.solve_triangular(L.mT, torch.linalg.solve_triangular(L, R, upper=False), upper=True)
+
+
+def _shifted_cholesky(M: Tensor, delta: Tensor, tries: int = 8) -> tuple[Tensor, Tensor, Tensor]:
     """Cholesky of ``M + delta I`` (``delta (B,)``), with ``delta`` x100 on failure, per element.
 
-    ``M`` is modified in place (its diagonal is shifted).
+    ``M`` is modified in place (its diagonal is shifted); returns ``L``, ``ok`` and the shifted ``M``.
     """
     diag = M.diagonal(dim1=-2, dim2=-1)
     diag.add_(delta.unsqueeze(-1))
@@ -102,7 +107,7 @@ def _shifted_cholesky(M: Tensor, delta: Tensor, tries: int = 8) -> tuple[Tensor,
         Li, infoi = torch.linalg.cholesky_ex(Mi)
         L = L.index_copy(0, idx, Li)
         bad = bad.index_copy(0, idx, infoi != 0)
-    return L, ~bad
+    return L, ~bad, M
 
 
 def factor(H: Tensor, A: Tensor | None, shift: float, keep: bool = False) -> ReducedKKT:
@@ -112,14 +117,14 @@ def factor(H: Tensor, A: Tensor | None, shift: float, keep: bool = False) -> Red
     Schur complement by ``shift * max diag``; shifts grow x100 where a factorization fails.
     """
     delta = torch.full(H.shape[:1], shift, dtype=H.dtype, device=H.device)
-    Hk = H.clone() if keep else None
-    L, ok = _shifted_cholesky(H, delta)
+    L, ok, Hs = _shifted_cholesky(H, delta)
+    Hk = Hs if keep else None
     if A is None:
         return ReducedKKT(L, None, None, None, ok, Hk)
-    HiAt = torch.cholesky_solve(A.mT.contiguous(), L)
+    HiAt = chol_solve(L, A.mT)
     S = A @ HiAt
     scale = S.diagonal(dim1=-2, dim2=-1).amax(-1).clamp_min(torch.finfo(S.dtype).tiny)
-    Ls, ok_s = _shifted_cholesky(S, shift * scale)
+    Ls, ok_s, _ = _shifted_cholesky(S, shift * scale)
     return ReducedKKT(L, A, HiAt, Ls, ok & ok_s, Hk)
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from portfolio_layers.qp.kkt import ReducedKKT, _shifted_cholesky
+from portfolio_layers.qp.kkt import ReducedKKT, _shifted_cholesky, chol_solve
 from portfolio_layers.qp.problem import QPData
 
 
@@ -67,19 +67,18 @@ def factor_active(d: QPData, act: ActiveSet, shift: float) -> ReducedKKT:
     free = (~(act.lower | act.upper)).to(d.P.dtype)
     H = d.P * free.unsqueeze(-1) * free.unsqueeze(-2)
     H.diagonal(dim1=-2, dim2=-1).add_(1.0 - free)
-    Hk = H.clone()
     delta = torch.full(free.shape[:1], shift, dtype=H.dtype, device=H.device)
-    L, ok = _shifted_cholesky(H, delta)
+    L, ok, Hk = _shifted_cholesky(H, delta)
     C = _constraint_rows(d, act)
     if C is None:
         return ReducedKKT(L, None, None, None, ok, Hk)
     C = C * free.unsqueeze(-2)
-    HiCt = torch.cholesky_solve(C.mT.contiguous(), L)
+    HiCt = chol_solve(L, C.mT)
     S = C @ HiCt
     if act.rows is not None:  # inactive rows: nu = 0
         S[:, d.p :, d.p :].diagonal(dim1=-2, dim2=-1).add_((~act.rows).to(S.dtype))
     scale = S.diagonal(dim1=-2, dim2=-1).amax(-1).clamp_min(1.0)
-    Ls, ok_s = _shifted_cholesky(S, shift * scale)
+    Ls, ok_s, _ = _shifted_cholesky(S, shift * scale)
     return ReducedKKT(L, C, HiCt, Ls, ok & ok_s, Hk)
 
 
@@ -128,7 +127,7 @@ def polish(d: QPData, act: ActiveSet, shift: float, eps: float) -> Polished:
 
 
 def _mv(M: Tensor, v: Tensor) -> Tensor:
-    return (M @ v.unsqueeze(-1)).squeeze(-1)
+    return (v.unsqueeze(-2) @ M.mT).squeeze(-2)  # faster than M @ v[..., None] on CPU
 
 
 def _mtv(M: Tensor, v: Tensor) -> Tensor:
