@@ -115,6 +115,9 @@ class E2ENet(nn.Module):
         Initial weight of the sample covariance in the blend.
     risk_aversion : float
         Initial ``gamma`` (annualised units).
+    return_scale : float
+        Initial output scale of the return head (annualised); small values start the model near the
+        minimum-variance portfolio of its risk model.
     learn_risk_aversion : bool
         Train ``gamma`` (else it stays fixed).
     """
@@ -129,6 +132,7 @@ class E2ENet(nn.Module):
         blend_sample_cov: bool = True,
         blend_init: float = 0.5,
         risk_aversion: float = 5.0,
+        return_scale: float = 0.1,
         learn_risk_aversion: bool = True,
     ) -> None:
         super().__init__()
@@ -136,7 +140,7 @@ class E2ENet(nn.Module):
             raise ConfigError(f"risk_aversion must be positive, got {risk_aversion}")
         self.encoder = encoder
         self.risk = RiskHead(d_model, n_factors, blend=blend_sample_cov, blend_init=blend_init)
-        self.returns = ReturnHead(d_model)
+        self.returns = ReturnHead(d_model, scale_init=return_scale)
         self.qp = qp_layer
         raw = torch.tensor(math.log(math.expm1(risk_aversion)))  # softplus^{-1}
         self.raw_risk_aversion = nn.Parameter(raw, requires_grad=learn_risk_aversion)

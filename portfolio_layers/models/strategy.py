@@ -83,6 +83,8 @@ class E2EPortfolio:
     risk_aversion : float
         Initial (``learn_risk_aversion=True``) or fixed risk aversion of the QP.
     learn_risk_aversion : bool
+    return_scale : float
+        Initial scale of the expected returns (annualised); small values start near minimum variance.
     max_weight : float, optional
         Per-asset cap of the QP.
     turnover_limit : float, optional
@@ -124,6 +126,7 @@ class E2EPortfolio:
         blend_sample_cov: bool = True,
         risk_aversion: float = 5.0,
         learn_risk_aversion: bool = True,
+        return_scale: float = 0.1,
         max_weight: float | None = None,
         turnover_limit: float | None = None,
         cost_bps: float = 10.0,
@@ -152,7 +155,11 @@ class E2EPortfolio:
             raise ConfigError(f"refit_epochs must be >= 0, got {refit_epochs}")
         self.name, self.encoder, self.d_model, self.n_factors = name, encoder, d_model, n_factors
         self.window, self.cov_window, self.horizon, self.rebalance = window, cov_window, horizon, rebalance
-        self.blend_sample_cov, self.risk_aversion = blend_sample_cov, risk_aversion
+        self.blend_sample_cov, self.risk_aversion, self.return_scale = (
+            blend_sample_cov,
+            risk_aversion,
+            return_scale,
+        )
         self.learn_risk_aversion, self.max_weight, self.turnover_limit = (
             learn_risk_aversion,
             max_weight,
@@ -194,6 +201,7 @@ class E2EPortfolio:
             self.rebalance,
             self.blend_sample_cov,
             self.risk_aversion,
+            self.return_scale,
             self.learn_risk_aversion,
             self.max_weight,
             self.turnover_limit,
@@ -255,6 +263,7 @@ class E2EPortfolio:
                 n_factors=self.n_factors,
                 blend_sample_cov=self.blend_sample_cov,
                 risk_aversion=self.risk_aversion,
+                return_scale=self.return_scale,
                 learn_risk_aversion=self.learn_risk_aversion,
             )
         return net.to(_DTYPES[self.dtype])

@@ -1,0 +1,92 @@
+"""Run a backtest config with several seeds and summarise the learned strategies as mean +- std.
+
+    python backtests/seeds.py --config backtests/configs/default.toml --seeds 0,1,2,3,4
+
+Every seed runs the whole config (the classical strategies do not depend on the seed, so their rows are the
+same in every run). Writes ``metrics_by_seed.csv`` and ``summary.md`` into ``--out`` and prints the summary:
+per strategy, the mean +- std over seeds of every metric, and the Jobson-Korkie/Memmel test of the Sharpe
+difference against the benchmark (mean difference, and the range of p-values over the seeds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from portfolio_layers.backtest import BacktestConfig, run_backtest
+from portfolio_layers.backtest.metrics import METRIC_NAMES
+from portfolio_layers.data import load_prices
+
+
+def _summary(frame: pd.DataFrame, benchmark: str) -> str:
+    groups = frame.groupby("strategy", sort=False)
+    lines = [
+        "| strategy | " + " | ".join(METRIC_NAMES) + f" | Sharpe - {benchmark} | JK p-value |",
+        "|---" * (len(METRIC_NAMES) + 3) + "|",
+    ]
+    for name, g in groups:
+        cells = []
+        for metric in (*METRIC_NAMES, "sharpe_difference"):
+            mean, std = g[metric].mean(), g[metric].std(ddof=1) if len(g) > 1 else 0.0
+            cells.append(f"{mean:.3f}" if std < 5e-4 else f"{mean:.3f} ± {std:.3f}")
+        p = g["p_value"]
+        cells.append(
+            ""
+            if p.isna().all()
+            else (f"{p.min():.2f}" if p.nunique() == 1 else f"{p.min():.2f}-{p.max():.2f}")
+        )
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=Path("backtests/configs/default.toml"))
+    parser.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated seeds")
+    parser.add_argument("--strategies", help="comma-separated strategies (default: those of the config)")
+    parser.add_argument("--out", type=Path, help="output folder (default backtests/results/seeds-<UTC time>)")
+    args = parser.parse_args(argv)
+    config = BacktestConfig.from_toml(args.config)
+    if args.strategies:
+        names = tuple(s.strip() for s in args.strategies.split(","))
+        config = config.override(
+            strategies=names, params={k: v for k, v in config.params.items() if k in names}
+        )
+    seeds = [int(s) for s in args.seeds.split(",")]
+    out = args.out or Path("backtests/results") / f"seeds-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}"
+    prices = load_prices(config.prices)
+    rows = []
+    for seed in seeds:
+        tic = time.perf_counter()
+        result = run_backtest(prices, config=config.override(seed=seed))
+        tests = result.sharpe_tests() if config.benchmark in result.strategies else None
+        for name, metrics in result.metrics.iterrows():
+            row = {"seed": seed, "strategy": name, **metrics.to_dict()}
+            if tests is not None and name in tests.index:
+                row.update(
+                    sharpe_difference=tests.loc[name, "sharpe_difference"], p_value=tests.loc[name, "p_value"]
+                )
+            else:
+                row.update(sharpe_difference=0.0, p_value=float("nan"))
+            rows.append(row)
+        print(f"seed {seed}: {time.perf_counter() - tic:.0f}s", file=sys.stderr)
+    frame = pd.DataFrame(rows)
+    out.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(out / "metrics_by_seed.csv", index=False)
+    text = (
+        f"{config.prices}, seeds {seeds}, cost {config.cost_bps:g} bps, rebalance {config.rebalance}, "
+        f"lookback {config.lookback}, retrain every {config.retrain_every} rows\n\n"
+        f"{_summary(frame, config.benchmark)}\n"
+    )
+    (out / "summary.md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
