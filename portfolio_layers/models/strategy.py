@@ -80,6 +80,8 @@ class E2EPortfolio:
         Rows between decisions, for the trading cost of the loss (the model's own previous weights).
     blend_sample_cov : bool
         Learn a blend of the factor covariance with the sample covariance.
+    blend_init : float
+        Initial weight of the sample covariance in that blend.
     risk_aversion : float
         Initial (``learn_risk_aversion=True``) or fixed risk aversion of the QP.
     learn_risk_aversion : bool
@@ -124,6 +126,7 @@ class E2EPortfolio:
         horizon: int = 21,
         rebalance: int = 21,
         blend_sample_cov: bool = True,
+        blend_init: float = 0.5,
         risk_aversion: float = 5.0,
         learn_risk_aversion: bool = True,
         return_scale: float = 0.1,
@@ -155,11 +158,8 @@ class E2EPortfolio:
             raise ConfigError(f"refit_epochs must be >= 0, got {refit_epochs}")
         self.name, self.encoder, self.d_model, self.n_factors = name, encoder, d_model, n_factors
         self.window, self.cov_window, self.horizon, self.rebalance = window, cov_window, horizon, rebalance
-        self.blend_sample_cov, self.risk_aversion, self.return_scale = (
-            blend_sample_cov,
-            risk_aversion,
-            return_scale,
-        )
+        self.blend_sample_cov, self.blend_init = blend_sample_cov, blend_init
+        self.risk_aversion, self.return_scale = risk_aversion, return_scale
         self.learn_risk_aversion, self.max_weight, self.turnover_limit = (
             learn_risk_aversion,
             max_weight,
@@ -200,6 +200,7 @@ class E2EPortfolio:
             self.horizon,
             self.rebalance,
             self.blend_sample_cov,
+            self.blend_init,
             self.risk_aversion,
             self.return_scale,
             self.learn_risk_aversion,
@@ -262,6 +263,7 @@ class E2EPortfolio:
                 qp_layer,
                 n_factors=self.n_factors,
                 blend_sample_cov=self.blend_sample_cov,
+                blend_init=self.blend_init,
                 risk_aversion=self.risk_aversion,
                 return_scale=self.return_scale,
                 learn_risk_aversion=self.learn_risk_aversion,

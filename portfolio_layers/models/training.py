@@ -118,11 +118,14 @@ class TrainHistory:
         Per epoch: ``deq_iterations`` (mean), ``deq_residual`` (max relative residual), ``deq_failed``
         (elements not converged), ``qp_iterations`` (mean), ``qp_failed`` (solves not optimal), ``grad_norm``.
     best_epoch : int
-        Epoch whose state was kept (index into the curves).
+        Epoch whose state was kept (index into the curves); ``-1`` when no epoch beat the validation loss
+        of the initial parameters, which are then kept.
     stopped_early : bool
     seconds : float
     n_train, n_val : int
         Number of training and validation samples.
+    initial_val_loss : float
+        Validation loss of the parameters before training (NaN without a validation split).
     """
 
     train_loss: tuple[float, ...]
@@ -133,6 +136,7 @@ class TrainHistory:
     seconds: float = 0.0
     n_train: int = 0
     n_val: int = 0
+    initial_val_loss: float = float("nan")
 
     def to_dict(self) -> dict:
         """Plain Python containers (for checkpoints and JSON)."""
@@ -261,7 +265,11 @@ def train(
     train_curve: list[float] = []
     val_curve: list[float] = []
     diagnostics: list[dict] = []
-    best = (math.inf, 0, _copy_state(net))
+    net.eval()
+    initial_val = _evaluate(net, data, val_rows, config)
+    # With a validation split the initial parameters compete too: training never makes the kept model worse
+    # on validation than where it started (for a warm-started re-fit: the previous fold's model).
+    best = (initial_val if len(val_rows) else math.inf, -1, _copy_state(net))
     stopped = False
     bar = tqdm(range(config.epochs), desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
     for epoch in bar:
@@ -301,6 +309,7 @@ def train(
         seconds=time.perf_counter() - start,
         n_train=len(train_rows),
         n_val=len(val_rows),
+        initial_val_loss=initial_val,
     )
 
 
