@@ -1,0 +1,68 @@
+"""End-to-end portfolio models: encoder -> risk and return heads -> differentiable QP -> weights.
+
+- :mod:`~portfolio_layers.models.heads`: PSD risk head (factor structure, learned blend toward the sample
+  covariance) and return head;
+- :mod:`~portfolio_layers.models.encoders`: the DEQ encoder and the ``mlp``/``lstm`` baselines;
+- :mod:`~portfolio_layers.models.model`: :class:`E2ENet` (learnable risk aversion, portfolio QP layer);
+- :mod:`~portfolio_layers.models.losses`: negative Sharpe/Sortino/utility on net returns of the next ``H``
+  rows, consistent with the backtest engine (drift, ``cost_bps * turnover``), auxiliary MSE;
+- :mod:`~portfolio_layers.models.training`: the training loop, early stopping, checkpoints;
+- :mod:`~portfolio_layers.models.strategy`: :class:`E2EPortfolio` (``fit``/``weights``), an engine strategy.
+"""
+
+from __future__ import annotations
+
+from portfolio_layers.models.encoders import ENCODERS, LSTMEncoder, MLPEncoder, make_encoder
+from portfolio_layers.models.heads import ReturnHead, RiskHead, sample_covariance
+from portfolio_layers.models.losses import (
+    mse_loss,
+    negative_sharpe,
+    negative_sortino,
+    negative_utility,
+    portfolio_loss,
+    portfolio_returns,
+    turnover,
+)
+from portfolio_layers.models.model import E2ENet, NetOutput, portfolio_qp_layer
+from portfolio_layers.models.samples import Batch, WindowData, drift_weights
+from portfolio_layers.models.strategy import LEARNED, E2EPortfolio, make_learned_strategy
+from portfolio_layers.models.synthetic import planted_market
+from portfolio_layers.models.training import (
+    TrainConfig,
+    TrainHistory,
+    load_checkpoint,
+    save_checkpoint,
+    train,
+)
+
+__all__ = [
+    "ENCODERS",
+    "LEARNED",
+    "Batch",
+    "E2ENet",
+    "E2EPortfolio",
+    "LSTMEncoder",
+    "MLPEncoder",
+    "NetOutput",
+    "ReturnHead",
+    "RiskHead",
+    "TrainConfig",
+    "TrainHistory",
+    "WindowData",
+    "drift_weights",
+    "load_checkpoint",
+    "make_encoder",
+    "make_learned_strategy",
+    "mse_loss",
+    "negative_sharpe",
+    "negative_sortino",
+    "negative_utility",
+    "planted_market",
+    "portfolio_loss",
+    "portfolio_qp_layer",
+    "portfolio_returns",
+    "sample_covariance",
+    "save_checkpoint",
+    "train",
+    "turnover",
+]
