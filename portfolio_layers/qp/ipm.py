@@ -110,6 +110,7 @@ class InteriorPoint:
         iters = torch.zeros(B, dtype=torch.int32, device=dev)
         pres, dres, gap = (torch.full((B,), torch.nan, dtype=dt, device=dev) for _ in range(3))
         chunks: list[tuple[Tensor, ActiveSet, ReducedKKT]] = []
+        ws: dict[str, Tensor] = {}
 
         idx = (status < 0).nonzero().squeeze(-1)
         sub, st = data.take(idx), init.take(idx)
@@ -151,7 +152,7 @@ class InteriorPoint:
                     break
                 sub, st, r, last_try = sub.take(keep), st.take(keep), r.take(keep), last_try[keep]
                 sml, smu, slb, sub0, snc, sps = (v[keep] for v in (sml, smu, slb, sub0, snc, sps))
-            st, failed = self._step(sub, st, r, sml, smu, snc)
+            st, failed = self._step(sub, st, r, sml, smu, snc, ws)
         return IPMResult(out, status, iters, pres, dres, gap, chunks)
 
     def _polish(self, sub, st, r, t, sml, smu, slb, sub0, snc, chunks, idx):
@@ -159,40 +160,36 @@ class InteriorPoint:
         d = sub.take(t)
         s_t = st.take(t)
         act = guess_active(d, s_t.x, s_t.s, s_t.lam, s_t.zl, s_t.zu)
-        pol = polish_corrected(d, act, self.shift, self.polish_eps)
         good = torch.zeros(st.x.shape[0], dtype=torch.bool, device=st.x.device)
-        if not bool(pol.ok.any()):
+        parts = polish_corrected(d, act, self.shift, self.polish_eps)
+        if not parts:
             return st, r, good
-        k = pol.ok.nonzero().squeeze(-1)
-        rows = t[k]
-        good[rows] = True
-        s_new = None if d.G is None else (d.h - _mv(d.G, pol.x)).clamp_min(0.0)[k]
-        new = IPMState(
-            pol.x[k],
-            s_new,
-            None if pol.lam is None else pol.lam[k],
-            pol.zl[k],
-            pol.zu[k],
-            None if pol.y is None else pol.y[k],
-        )
         full = IPMState(*(None if v is None else v.clone() for v in st._fields()))
-        full.put(rows, new)
-        r_new = _residuals(sub.take(rows), new, sml[rows], smu[rows], slb[rows], sub0[rows], snc[rows])
-        r = _Residuals(
-            *(
+        r_fields = list(r.__dict__.values())
+        for k, pol in parts:
+            rows = t[k]
+            good[rows] = True
+            dk = d.take(k)
+            s_new = None if d.G is None else (dk.h - _mv(dk.G, pol.x)).clamp_min(0.0)
+            new = IPMState(pol.x, s_new, pol.lam, pol.zl, pol.zu, pol.y)
+            full.put(rows, new)
+            r_new = _residuals(dk, new, sml[rows], smu[rows], slb[rows], sub0[rows], snc[rows])
+            r_fields = [
                 None if a is None else a.index_copy(0, rows, b)
-                for a, b in zip(r.__dict__.values(), r_new.__dict__.values(), strict=True)
-            )
-        )
-        chunks.append((idx[rows], pol.active.take(k), pol.kkt.take(k)))
-        return full, r, good
+                for a, b in zip(r_fields, r_new.__dict__.values(), strict=True)
+            ]
+            chunks.append((idx[rows], pol.active, pol.kkt))
+        return full, _Residuals(*r_fields), good
 
-    def _step(self, d: QPData, st: IPMState, r: _Residuals, ml: Tensor, mu: Tensor, ncomp: Tensor):
+    def _step(self, d: QPData, st: IPMState, r: _Residuals, ml: Tensor, mu: Tensor, ncomp: Tensor, ws: dict):
         """One predictor-corrector step; returns the new state and a factorization-failure mask."""
         fl, fu = ml.to(d.P.dtype), mu.to(d.P.dtype)
         dG = None if d.G is None else st.lam / st.s
-        H = reduced_matrix(d.P, d.G, dG, fl * st.zl / r.tl + fu * st.zu / r.tu)
-        K = factor(H, d.A, self.shift)
+        k = d.P.shape[0]
+        if "H" not in ws:  # workspaces reused across iterations (the active batch only shrinks)
+            ws["H"], ws["L"] = torch.empty_like(d.P), torch.empty_like(d.P)
+        H = reduced_matrix(d.P, d.G, dG, fl * st.zl / r.tl + fu * st.zu / r.tu, out=ws["H"][:k])
+        K = factor(H, d.A, self.shift, out=ws["L"][:k])
         aff = _direction(
             K, d, st, r, st.s * st.lam if d.G is not None else None, fl * r.tl * st.zl, fu * r.tu * st.zu
         )

@@ -50,6 +50,24 @@ class Polished:
     g_raw: Tensor
     lam_raw: Tensor | None
 
+    def take(self, idx: Tensor) -> Polished:
+        def t(v: Tensor | None) -> Tensor | None:
+            return None if v is None else v[idx]
+
+        return Polished(
+            t(self.x),
+            t(self.y),
+            t(self.lam),
+            t(self.zl),
+            t(self.zu),
+            t(self.ok),
+            self.active.take(idx),
+            self.kkt.take(idx),
+            t(self.x_raw),
+            t(self.g_raw),
+            t(self.lam_raw),
+        )
+
 
 def guess_active(
     d: QPData, x: Tensor, s: Tensor | None, lam: Tensor | None, zl: Tensor, zu: Tensor
@@ -134,77 +152,39 @@ def _mtv(M: Tensor, v: Tensor) -> Tensor:
     return (v.unsqueeze(-2) @ M).squeeze(-2)
 
 
-def polish_corrected(d: QPData, act: ActiveSet, shift: float, eps: float, rounds: int = 3) -> Polished:
+def polish_corrected(
+    d: QPData, act: ActiveSet, shift: float, eps: float, rounds: int = 3
+) -> list[tuple[Tensor, Polished]]:
     """:func:`polish`, then up to ``rounds`` active-set corrections on the elements that failed.
 
     A correction adds the free variables / rows that the polished point violates to the active set
     and drops the active ones whose multiplier came out negative (a primal-dual active-set step).
+    Returns the successful elements as chunks ``(indices into the batch of d, Polished)``.
     """
-    pol = polish(d, act, shift, eps)
-    for _ in range(rounds):
+    out: list[tuple[Tensor, Polished]] = []
+    idx = torch.arange(d.P.shape[0], device=d.P.device)
+    for r in range(rounds + 1):
+        pol = polish(d, act, shift, eps)
+        if bool(pol.ok.any()):
+            k = pol.ok.nonzero().squeeze(-1)
+            out.append((idx[k], pol.take(k)))
         bad = (~pol.ok).nonzero().squeeze(-1)
-        if bad.numel() == 0:
+        if bad.numel() == 0 or r == rounds:
             break
-        sub, a = d.take(bad), pol.active.take(bad)
-        x_raw, g = _raw(sub, a, pol, bad)
+        d, a, p = d.take(bad), act.take(bad), pol.take(bad)
         free = ~(a.lower | a.upper)
-        lower = (a.lower & (g >= -eps)) | (free & (x_raw < sub.lb))
-        upper = (a.upper & (-g >= -eps)) | (free & (x_raw > sub.ub))
+        lower = (a.lower & (p.g_raw >= -eps)) | (free & (p.x_raw < d.lb))
+        upper = (a.upper & (-p.g_raw >= -eps)) | (free & (p.x_raw > d.ub))
         rows = a.rows
         if rows is not None:
-            lam = pol.lam_raw[bad]
-            rows = (rows & (lam >= -eps)) | (~rows & (_mv(sub.G, x_raw) > sub.h))
-        if rows is None and torch.equal(lower, a.lower) and torch.equal(upper, a.upper):
+            rows = (rows & (p.lam_raw >= -eps)) | (~rows & (_mv(d.G, p.x_raw) > d.h))
+        new = ActiveSet(lower, upper & ~lower, rows)
+        if _same(new, a):
             break
-        retry = polish(sub, ActiveSet(lower, upper & ~lower, rows), shift, eps)
-        pol = _merge(pol, retry, bad)
-    return pol
+        act, idx = new, idx[bad]
+    return out
 
 
-def _raw(d: QPData, a: ActiveSet, pol: Polished, idx: Tensor) -> tuple[Tensor, Tensor]:
-    x = pol.x_raw[idx]
-    g = pol.g_raw[idx]
-    return x, g
-
-
-def _merge(pol: Polished, new: Polished, idx: Tensor) -> Polished:
-    """``pol`` with the elements ``idx`` replaced by ``new`` where ``new`` succeeded."""
-    take = idx[new.ok]
-    k = new.ok.nonzero().squeeze(-1)
-
-    def put(a: Tensor | None, b: Tensor | None) -> Tensor | None:
-        if a is None:
-            return None
-        out = a.clone()
-        out[take] = b[k]
-        return out
-
-    def put_all(a: Tensor | None, b: Tensor | None) -> Tensor | None:  # failing ones keep trying
-        if a is None:
-            return None
-        out = a.clone()
-        out[idx] = b
-        return out
-
-    act = ActiveSet(
-        put_all(pol.active.lower, new.active.lower),
-        put_all(pol.active.upper, new.active.upper),
-        put_all(pol.active.rows, new.active.rows),
-    )
-    K, Kn = pol.kkt, new.kkt
-    old_f = (K.L, K.A, K.HiAt, K.Ls, K.ok, K.H)
-    new_f = (Kn.L, Kn.A, Kn.HiAt, Kn.Ls, Kn.ok, Kn.H)
-    kkt = ReducedKKT(*(put_all(a, b) for a, b in zip(old_f, new_f, strict=True)))
-    return Polished(
-        put_all(pol.x, new.x),
-        put_all(pol.y, new.y),
-        put_all(pol.lam, new.lam),
-        put_all(pol.zl, new.zl),
-        put_all(pol.zu, new.zu),
-        put_all(pol.ok, new.ok),
-        act,
-        kkt,
-        put_all(pol.x_raw, new.x_raw),
-        put_all(pol.g_raw, new.g_raw),
-        put_all(pol.lam_raw, new.lam_raw),
-    )
+def _same(a: ActiveSet, b: ActiveSet) -> bool:
+    same = torch.equal(a.lower, b.lower) and torch.equal(a.upper, b.upper)
+    return same and (a.rows is None or torch.equal(a.rows, b.rows))
