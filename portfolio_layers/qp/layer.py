@@ -13,6 +13,7 @@ from portfolio_layers.qp.problem import QPData, canonicalize
 from portfolio_layers.qp.solution import QPSolution
 
 BACKENDS = ("ipm", "qpth", "cvxpylayers")
+AUX_RIDGE = 1e-9
 
 
 def default_tol(dtype: torch.dtype) -> float:
@@ -203,8 +204,11 @@ class QPLayer(nn.Module):
 
     Notes
     -----
-    Leverage and turnover limits add ``n`` auxiliary variables each (``|w|`` and ``|w - x0|``) with
-    zero cost; the returned weights are the first ``n`` entries.
+    Leverage and turnover limits add ``n`` auxiliary variables each (``u >= |w|`` and
+    ``t >= |w - x0|``); the returned weights are the first ``n`` entries. The auxiliary variables get
+    a ridge ``1e-9 * max|P|`` in the cost so that they are unique where their limit is not binding
+    (otherwise the active-set polish and the backward face a singular system); this perturbs the
+    weights by about ``1e-9`` relative.
     """
 
     def __init__(
@@ -245,8 +249,10 @@ class QPLayer(nn.Module):
             )
         dt = torch.promote_types(P.dtype, q.dtype)
         k = self.N - self.n
-        if k:
-            P = torch.nn.functional.pad(P, (0, k, 0, k))
+        if k:  # auxiliary variables get a tiny ridge so that they are unique (see Notes)
+            ridge = AUX_RIDGE * P.detach().abs().amax((-2, -1), keepdim=True).clamp_min(1e-300)
+            eye = torch.cat([torch.zeros(self.n, dtype=dt), torch.ones(k, dtype=dt)]).to(P.device)
+            P = torch.nn.functional.pad(P, (0, k, 0, k)) + ridge * torch.diag(eye)
             q = torch.nn.functional.pad(q, (0, k))
         A, b, G, h, lb, ub = (getattr(self, v).to(dt) for v in ("A", "b", "G", "h", "lb", "ub"))
         if self.needs_x0:

@@ -6,9 +6,12 @@ smaller than multiplier). Fixing them gives an equality-constrained QP on the fr
     [ H   C' ] [x_F]   [r]       H = P restricted to the free variables (identity elsewhere),
     [ C   0  ] [ nu] = [c],      C = [A; G_active] restricted to the free variables,
 
-solved with the reduced-KKT machinery of :mod:`portfolio_layers.qp.kkt`. The polished point is
-accepted only if it is primal and dual feasible (within ``eps``); it is then exact to rounding, and
-its factorization is the one the implicit backward reuses (the exact active-set derivative).
+solved with the reduced-KKT machinery of :mod:`portfolio_layers.qp.kkt` after adding ``C'C`` to ``H``
+(an augmented-Lagrangian term that leaves the solution unchanged and keeps ``H`` well conditioned
+when ``P`` is singular on the free variables, as for the auxiliary variables of leverage limits).
+The polished point is accepted only if it is primal and dual feasible (within ``eps``); it is
+then exact to rounding, and its factorization is the one the implicit backward reuses (the exact
+active-set derivative).
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ from torch import Tensor
 
 from portfolio_layers.qp.kkt import ReducedKKT, _shifted_cholesky, chol_solve
 from portfolio_layers.qp.problem import QPData
+
+AUGMENT = 1.0
+"""Weight ``rho`` of the term ``rho C'C`` added to ``H`` (and ``rho C'c`` to the right side)."""
 
 
 @dataclass(frozen=True)
@@ -85,12 +91,14 @@ def factor_active(d: QPData, act: ActiveSet, shift: float) -> ReducedKKT:
     free = (~(act.lower | act.upper)).to(d.P.dtype)
     H = d.P * free.unsqueeze(-1) * free.unsqueeze(-2)
     H.diagonal(dim1=-2, dim2=-1).add_(1.0 - free)
+    C = _constraint_rows(d, act)
+    if C is not None:  # augmented Lagrangian term: same solution, H PD whenever the KKT matrix is regular
+        C = C * free.unsqueeze(-2)
+        H = H + AUGMENT * (C.mT @ C)
     delta = torch.full(free.shape[:1], shift, dtype=H.dtype, device=H.device)
     L, ok, Hk = _shifted_cholesky(H, delta)
-    C = _constraint_rows(d, act)
     if C is None:
         return ReducedKKT(L, None, None, None, ok, Hk)
-    C = C * free.unsqueeze(-2)
     HiCt = chol_solve(L, C.mT)
     S = C @ HiCt
     if act.rows is not None:  # inactive rows: nu = 0
@@ -120,6 +128,7 @@ def polish(d: QPData, act: ActiveSet, shift: float, eps: float) -> Polished:
     if K.A is not None:
         rhs = [v for v in (d.b, None if d.h is None else d.h * act.rows.to(dt)) if v is not None]
         r2 = torch.cat(rhs, -1) - _mv(_constraint_rows(d, act), x_fix)
+        r1 = r1 + AUGMENT * _mtv(K.A, r2)
     xf, nu = K.refined_solve(r1, r2, steps=1)
     x = free * xf + x_fix
     y = None if d.A is None else nu[:, : d.p]

@@ -110,3 +110,20 @@ def test_layer_errors() -> None:
         combine(fully_invested(3), long_only(4))
     with pytest.raises(ConfigError, match="max_gross"):
         leverage_limit(3, 0.0)
+
+
+def test_lifted_constraints_gradcheck() -> None:
+    n = 6
+    P, q = _data(n, 2, seed=3)
+    x0 = torch.full((n,), 1.0 / n, dtype=F64)
+    cases = [
+        (fully_invested(n) & long_only(n) & weight_cap(n, 0.5) & turnover_limit(n, 0.3), x0),
+        (fully_invested(n) & weight_bounds(n, -0.3, 0.5) & leverage_limit(n, 1.4), None),
+    ]
+    for cons, prev in cases:
+        layer = QPLayer(cons, tol=1e-12)
+        assert layer.solve(P, q, prev).iterations.max() < 20
+        qq = q.clone().requires_grad_(True)
+        assert torch.autograd.gradcheck(
+            lambda v, lay=layer, p0=prev: lay(P, v, p0), (qq,), atol=1e-5, rtol=1e-3
+        )
