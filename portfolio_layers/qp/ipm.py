@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from portfolio_layers.errors import InputError
 from portfolio_layers.qp.kkt import AugmentedKKT, ReducedKKT, factor, factor_augmented, reduced_matrix
 from portfolio_layers.qp.polish import ActiveSet, guess_active, polish_corrected
 from portfolio_layers.qp.problem import QPData
@@ -303,12 +304,12 @@ def _direction(K: ReducedKKT, d: QPData, st: IPMState, r: _Residuals, rs, rl, ru
     if d.G is not None:
         ds = -r.rg - _mv(d.G, dx)
         dlam = (-rs - st.lam * ds) / st.s
-    dzl = ml_f(st.zl) * (-rl - st.zl * dx) / r.tl
-    dzu = ml_f(st.zu) * (-ru + st.zu * dx) / r.tu
+    dzl = _present(st.zl) * (-rl - st.zl * dx) / r.tl
+    dzu = _present(st.zu) * (-ru + st.zu * dx) / r.tu
     return IPMState(dx, ds, dlam, dzl, dzu, dy)
 
 
-def ml_f(z: Tensor) -> Tensor:
+def _present(z: Tensor) -> Tensor:
     """1 where a bound exists (its multiplier is kept > 0), 0 where it is infinite (multiplier 0)."""
     return (z > 0).to(z.dtype)
 
@@ -403,8 +404,7 @@ def _unbounded(d: QPData, st: IPMState, r: _Residuals) -> Tensor:
 
 
 def raise_equal_bounds(d: QPData) -> None:
-    from portfolio_layers.errors import InputError
-
+    """Raise :class:`InputError` naming the first variable with ``lb == ub``."""
     j = (d.lb >= d.ub).nonzero()[0].tolist()
     raise InputError(
         f"lb == ub at index {tuple(j)}: the interior point needs lb < ub; fix such a variable with an "

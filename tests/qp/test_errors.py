@@ -113,3 +113,11 @@ def test_failing_element_gives_zero_gradient_and_does_not_poison_batch() -> None
     sol = solve_qp(P, q, A, b, lb=lb, ub=cap, throw=False)
     sol.x.sum(-1).pow(2).sum().backward()
     assert bool(torch.isfinite(q.grad).all()) and float(q.grad[1].abs().max()) == 0.0
+
+
+def test_equal_bounds_rejected_with_advice() -> None:
+    P, q = torch.eye(3, dtype=F64), torch.ones(3, dtype=F64)
+    lb = torch.tensor([0.0, 0.2, 0.0], dtype=F64)
+    ub = torch.tensor([1.0, 0.2, 1.0], dtype=F64)
+    with pytest.raises(InputError, match=r"lb == ub at index \(0, 1\).*equality row"):
+        solve_qp(P, q, lb=lb, ub=ub)
