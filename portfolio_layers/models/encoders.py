@@ -46,12 +46,12 @@ class MLPEncoder(nn.Module):
     d_model : int
         Embedding size ``d``.
     hidden : int, optional
-        Hidden width (default ``2 * d_model``).
+        Hidden width (default ``3 * d_model // 2``: about the DEQ encoder's parameter count).
     """
 
     def __init__(self, n_features: int, d_model: int, *, hidden: int | None = None) -> None:
         super().__init__()
-        hidden = hidden or 2 * d_model
+        hidden = hidden or 3 * d_model // 2
         self.n_features = n_features
         self.step = nn.Sequential(
             nn.Linear(n_features, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh()
