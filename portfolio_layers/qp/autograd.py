@@ -26,7 +26,7 @@ from torch.autograd.function import once_differentiable
 
 from portfolio_layers.qp.ipm import InteriorPoint, IPMResult, IPMState
 from portfolio_layers.qp.kkt import AugmentedKKT, ReducedKKT
-from portfolio_layers.qp.polish import ActiveSet
+from portfolio_layers.qp.polish import ActiveKKT, ActiveSet
 from portfolio_layers.qp.problem import QPData
 from portfolio_layers.qp.solution import Status
 
@@ -122,12 +122,11 @@ class IPMFunction(torch.autograd.Function):
         return None, None, None, gP, gq, gA, gb, gG, gh, glb if need[9] else None, gub if need[10] else None
 
 
-def _adjoint_active(d: QPData, st: IPMState, act: ActiveSet, K: ReducedKKT, gx: Tensor) -> tuple:
+def _adjoint_active(d: QPData, st: IPMState, act: ActiveSet, K: ActiveKKT, gx: Tensor) -> tuple:
     """Adjoint of the active-set KKT system (exact derivative at a polished point)."""
-    free = (~(act.lower | act.upper)).to(gx.dtype)
-    r2 = None if K.A is None else torch.zeros(gx.shape[0], K.A.shape[-2], dtype=gx.dtype, device=gx.device)
-    wx, nu = K.refined_solve(free * gx, r2, steps=1)
-    wx = free * wx
+    C = K.K.A
+    r2 = None if C is None else torch.zeros(gx.shape[0], C.shape[-2], dtype=gx.dtype, device=gx.device)
+    wx, nu = K.solve(gx, r2, steps=1)
     wy = None if d.A is None else nu[:, : d.p]
     wl = None if d.G is None else nu[:, d.p :] * act.rows.to(gx.dtype)
     t = gx - _mv(d.P, wx)

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from portfolio_layers.errors import InputError
 from portfolio_layers.qp.kkt import AugmentedKKT, ReducedKKT, factor, factor_augmented, reduced_matrix
-from portfolio_layers.qp.polish import ActiveSet, guess_active, polish_corrected
+from portfolio_layers.qp.polish import ActiveKKT, ActiveSet, guess_active, polish_corrected
 from portfolio_layers.qp.problem import QPData
 from portfolio_layers.qp.solution import Status
 
@@ -62,7 +62,7 @@ class IPMResult:
     dual_residual: Tensor
     gap: Tensor
     polished: list = field(default_factory=list)
-    """Chunks ``(batch indices, ActiveSet, ReducedKKT)`` of the elements finished by polishing."""
+    """Chunks ``(batch indices, ActiveSet, ActiveKKT)`` of the elements finished by polishing."""
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,7 @@ class InteriorPoint:
         out = IPMState(*(None if v is None else v.clone() for v in init._fields()))
         iters = torch.zeros(B, dtype=torch.int32, device=dev)
         pres, dres, gap = (torch.full((B,), torch.nan, dtype=dt, device=dev) for _ in range(3))
-        chunks: list[tuple[Tensor, ActiveSet, ReducedKKT]] = []
+        chunks: list[tuple[Tensor, ActiveSet, ActiveKKT]] = []
         ws: dict[str, Tensor] = {}
 
         idx = (status < 0).nonzero().squeeze(-1)

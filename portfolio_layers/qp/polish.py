@@ -51,7 +51,7 @@ class Polished:
     zu: Tensor
     ok: Tensor
     active: ActiveSet
-    kkt: ReducedKKT
+    kkt: ActiveKKT
     x_raw: Tensor
     g_raw: Tensor
     lam_raw: Tensor | None
@@ -86,26 +86,69 @@ def guess_active(
     return ActiveSet(lower, upper, rows)
 
 
-def factor_active(d: QPData, act: ActiveSet, shift: float) -> ReducedKKT:
+@dataclass(frozen=True)
+class ActiveKKT:
+    """Factorization of the active-set KKT system on the free variables only.
+
+    The free variables of each element are gathered into the first ``k`` slots (``k`` the largest
+    number of free variables in the batch; the slots past an element's own count are padding with
+    an identity row), so the Cholesky factorization costs ``O(k^3)`` instead of ``O(n^3)``.
+
+    Attributes
+    ----------
+    K : ReducedKKT
+        Factorization of the compact system (``H (B, k, k)``, constraint rows ``(B, p + m, k)``).
+    cols : Tensor of shape (B, k), dtype long
+        Index of the variable held in each slot (distinct within an element).
+    valid : Tensor of shape (B, k)
+        1 for a slot holding a free variable, 0 for padding.
+    """
+
+    K: ReducedKKT
+    cols: Tensor
+    valid: Tensor
+
+    @property
+    def ok(self) -> Tensor:
+        return self.K.ok
+
+    def take(self, idx: Tensor) -> ActiveKKT:
+        return ActiveKKT(self.K.take(idx), self.cols[idx], self.valid[idx])
+
+    def solve(self, r1: Tensor, r2: Tensor | None, steps: int = 1) -> tuple[Tensor, Tensor | None]:
+        """Solve for ``r1 (B, n)`` (entries of fixed variables ignored) and ``r2 (B, p + m)``.
+
+        Returns ``x (B, n)`` (zero on the fixed variables) and the multipliers ``(B, p + m)``.
+        """
+        xk, nu = self.K.refined_solve(r1.gather(-1, self.cols) * self.valid, r2, steps=steps)
+        return torch.zeros_like(r1).scatter_(-1, self.cols, xk * self.valid), nu
+
+
+def factor_active(d: QPData, act: ActiveSet, shift: float) -> ActiveKKT:
     """Factor the equality-constrained KKT system of the active set (``H`` kept for refinement)."""
-    free = (~(act.lower | act.upper)).to(d.P.dtype)
-    H = d.P * free.unsqueeze(-1) * free.unsqueeze(-2)
-    H.diagonal(dim1=-2, dim2=-1).add_(1.0 - free)
+    free = ~(act.lower | act.upper)
+    B, n = free.shape
+    k = max(int(free.sum(-1).max()), 1)
+    cols = torch.argsort((~free).to(torch.int8), dim=-1, stable=True)[:, :k]
+    valid = free.gather(-1, cols).to(d.P.dtype)
+    H = d.P.gather(-2, cols.unsqueeze(-1).expand(B, k, n)).gather(-1, cols.unsqueeze(-2).expand(B, k, k))
+    H = H * valid.unsqueeze(-1) * valid.unsqueeze(-2)
+    H.diagonal(dim1=-2, dim2=-1).add_(1.0 - valid)
     C = _constraint_rows(d, act)
     if C is not None:  # augmented Lagrangian term: same solution, H PD whenever the KKT matrix is regular
-        C = C * free.unsqueeze(-2)
-        H = H + AUGMENT * (C.mT @ C)
-    delta = torch.full(free.shape[:1], shift, dtype=H.dtype, device=H.device)
+        C = C.gather(-1, cols.unsqueeze(-2).expand(B, C.shape[-2], k)) * valid.unsqueeze(-2)
+        H = torch.baddbmm(H, C.mT, C, alpha=AUGMENT)
+    delta = torch.full((B,), shift, dtype=H.dtype, device=H.device)
     L, ok, Hk = _shifted_cholesky(H, delta)
     if C is None:
-        return ReducedKKT(L, None, None, None, ok, Hk)
+        return ActiveKKT(ReducedKKT(L, None, None, None, ok, Hk), cols, valid)
     HiCt = chol_solve(L, C.mT)
     S = C @ HiCt
     if act.rows is not None:  # inactive rows: nu = 0
         S[:, d.p :, d.p :].diagonal(dim1=-2, dim2=-1).add_((~act.rows).to(S.dtype))
     scale = S.diagonal(dim1=-2, dim2=-1).amax(-1).clamp_min(1.0)
     Ls, ok_s, _ = _shifted_cholesky(S, shift * scale)
-    return ReducedKKT(L, C, HiCt, Ls, ok & ok_s, Hk)
+    return ActiveKKT(ReducedKKT(L, C, HiCt, Ls, ok & ok_s, Hk), cols, valid)
 
 
 def _constraint_rows(d: QPData, act: ActiveSet) -> Tensor | None:
@@ -123,14 +166,15 @@ def polish(d: QPData, act: ActiveSet, shift: float, eps: float) -> Polished:
     x_fix = torch.where(act.lower, d.lb, torch.where(act.upper, d.ub, 0.0))
     free = (~(act.lower | act.upper)).to(dt)
     K = factor_active(d, act, shift)
-    r1 = free * (d.q - _mv(d.P, x_fix))
+    C = _constraint_rows(d, act)
+    r1 = d.q - _mv(d.P, x_fix)
     r2 = None
-    if K.A is not None:
+    if C is not None:
         rhs = [v for v in (d.b, None if d.h is None else d.h * act.rows.to(dt)) if v is not None]
-        r2 = torch.cat(rhs, -1) - _mv(_constraint_rows(d, act), x_fix)
-        r1 = r1 + AUGMENT * _mtv(K.A, r2)
-    xf, nu = K.refined_solve(r1, r2, steps=1)
-    x = free * xf + x_fix
+        r2 = torch.cat(rhs, -1) - _mv(C, x_fix)
+        r1 = r1 + AUGMENT * _mtv(C, r2)
+    xf, nu = K.solve(r1, r2, steps=1)
+    x = xf + x_fix
     y = None if d.A is None else nu[:, : d.p]
     lam = None if d.G is None else nu[:, d.p :] * act.rows.to(dt)
     g = _mv(d.P, x) - d.q
