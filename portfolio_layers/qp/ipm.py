@@ -111,7 +111,6 @@ class InteriorPoint:
         iters = torch.zeros(B, dtype=torch.int32, device=dev)
         pres, dres, gap = (torch.full((B,), torch.nan, dtype=dt, device=dev) for _ in range(3))
         chunks: list[tuple[Tensor, ActiveSet, ActiveKKT]] = []
-        ws: dict[str, Tensor] = {}
 
         idx = (status < 0).nonzero().squeeze(-1)
         sub, st = data.take(idx), init.take(idx)
@@ -153,7 +152,7 @@ class InteriorPoint:
                     break
                 sub, st, r, last_try = sub.take(keep), st.take(keep), r.take(keep), last_try[keep]
                 sml, smu, slb, sub0, snc, sps = (v[keep] for v in (sml, smu, slb, sub0, snc, sps))
-            st, failed = self._step(sub, st, r, sml, smu, snc, ws)
+            st, failed = self._step(sub, st, r, sml, smu, snc)
         return IPMResult(out, status, iters, pres, dres, gap, chunks)
 
     def _polish(self, sub, st, r, t, sml, smu, slb, sub0, snc, chunks, idx):
@@ -182,15 +181,12 @@ class InteriorPoint:
             chunks.append((idx[rows], pol.active, pol.kkt))
         return full, _Residuals(*r_fields), good
 
-    def _step(self, d: QPData, st: IPMState, r: _Residuals, ml: Tensor, mu: Tensor, ncomp: Tensor, ws: dict):
+    def _step(self, d: QPData, st: IPMState, r: _Residuals, ml: Tensor, mu: Tensor, ncomp: Tensor):
         """One predictor-corrector step; returns the new state and a factorization-failure mask."""
         fl, fu = ml.to(d.P.dtype), mu.to(d.P.dtype)
         dG = None if d.G is None else st.lam / st.s
-        k = d.P.shape[0]
-        if "H" not in ws:  # workspaces reused across iterations (the active batch only shrinks)
-            ws["H"], ws["L"] = torch.empty_like(d.P), torch.empty_like(d.P)
-        H = reduced_matrix(d.P, d.G, dG, fl * st.zl / r.tl + fu * st.zu / r.tu, out=ws["H"][:k])
-        K = factor(H, d.A, self.shift, out=ws["L"][:k])
+        H = reduced_matrix(d.P, d.G, dG, fl * st.zl / r.tl + fu * st.zu / r.tu)
+        K = factor(H, d.A, self.shift)
         aff = _direction(
             K, d, st, r, st.s * st.lam if d.G is not None else None, fl * r.tl * st.zl, fu * r.tu * st.zu
         )
@@ -399,6 +395,8 @@ def _unbounded(d: QPData, st: IPMState, r: _Residuals) -> Tensor:
     """Elements whose primal iterate diverges along a direction of descent with ``P d ~ 0``."""
     nx = st.x.abs().amax(-1)
     big = nx > 1e8
+    if not bool(big.any()):  # skips the matrix-vector product in the usual case
+        return big
     xn = st.x / nx.clamp_min(1.0).unsqueeze(-1)
     return big & (_mv(d.P, xn).abs().amax(-1) <= 1e-6) & ((d.q * xn).sum(-1) > 0)
 

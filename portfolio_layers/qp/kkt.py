@@ -87,21 +87,14 @@ def chol_solve(L: Tensor, R: Tensor) -> Tensor:
     return torch.linalg.solve_triangular(L.mT, torch.linalg.solve_triangular(L, R, upper=False), upper=True)
 
 
-def _shifted_cholesky(
-    M: Tensor, delta: Tensor, tries: int = 8, out: Tensor | None = None
-) -> tuple[Tensor, Tensor, Tensor]:
+def _shifted_cholesky(M: Tensor, delta: Tensor, tries: int = 8) -> tuple[Tensor, Tensor, Tensor]:
     """Cholesky of ``M + delta I`` (``delta (B,)``), with ``delta`` x100 on failure, per element.
 
     ``M`` is modified in place (its diagonal is shifted); returns ``L``, ``ok`` and the shifted ``M``.
     """
     diag = M.diagonal(dim1=-2, dim2=-1)
     diag.add_(delta.unsqueeze(-1))
-    if out is None:
-        L, info = torch.linalg.cholesky_ex(M)
-    else:
-        L, info = torch.linalg.cholesky_ex(
-            M, out=(out, torch.empty(M.shape[0], dtype=torch.int32, device=M.device))
-        )
+    L, info = torch.linalg.cholesky_ex(M)
     bad = info != 0
     for _ in range(tries):
         if not bool(bad.any()):
@@ -117,17 +110,14 @@ def _shifted_cholesky(
     return L, ~bad, M
 
 
-def factor(
-    H: Tensor, A: Tensor | None, shift: float, keep: bool = False, out: Tensor | None = None
-) -> ReducedKKT:
+def factor(H: Tensor, A: Tensor | None, shift: float, keep: bool = False) -> ReducedKKT:
     """Factor the reduced KKT matrix with blocks ``H (B, n, n)`` (overwritten) and ``A (B, p, n)``.
 
     ``H`` is shifted by ``shift`` (absolute: the solver normalizes ``P`` to ``max|P| <= 1``), the
     Schur complement by ``shift * max diag``; shifts grow x100 where a factorization fails.
-    ``out`` is an optional workspace for the Cholesky factor of ``H``.
     """
     delta = torch.full(H.shape[:1], shift, dtype=H.dtype, device=H.device)
-    L, ok, Hs = _shifted_cholesky(H, delta, out=out)
+    L, ok, Hs = _shifted_cholesky(H, delta)
     Hk = Hs if keep else None
     if A is None:
         return ReducedKKT(L, None, None, None, ok, Hk)
@@ -138,19 +128,9 @@ def factor(
     return ReducedKKT(L, A, HiAt, Ls, ok & ok_s, Hk)
 
 
-def reduced_matrix(
-    P: Tensor, G: Tensor | None, d_G: Tensor | None, d_x: Tensor, out: Tensor | None = None
-) -> Tensor:
-    """``H = P + G' diag(d_G) G + diag(d_x)`` for a batch: ``P (B, n, n)``, ``G (B, m, n)``.
-
-    ``out`` (same shape as ``P``) is an optional workspace that receives ``H``.
-    """
-    if G is None:
-        H = P.clone() if out is None else out.copy_(P)
-    elif out is None:
-        H = torch.baddbmm(P, G.mT, G * d_G.unsqueeze(-1))
-    else:
-        H = torch.baddbmm(P, G.mT, G * d_G.unsqueeze(-1), out=out)
+def reduced_matrix(P: Tensor, G: Tensor | None, d_G: Tensor | None, d_x: Tensor) -> Tensor:
+    """``H = P + G' diag(d_G) G + diag(d_x)`` for a batch: ``P (B, n, n)``, ``G (B, m, n)``."""
+    H = P.clone() if G is None else torch.baddbmm(P, G.mT, G * d_G.unsqueeze(-1))
     H.diagonal(dim1=-2, dim2=-1).add_(d_x)
     return H
 
