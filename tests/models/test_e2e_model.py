@@ -165,3 +165,11 @@ def test_registry_names_and_parameters():
         make_strategy("e2e", learning_rate=0.1)
     with pytest.raises(ConfigError, match="fit"):
         E2EPortfolio().weights(planted_market(n_rows=200))
+
+
+def test_turnover_limit_holds_in_the_engine():
+    prices = planted_market(n_assets=4, n_rows=450, seed=6)
+    result = run_backtest(prices, [_tiny(turnover_limit=0.3)], TINY_CONFIG)
+    turnover = result.turnover["e2e"].to_numpy()
+    assert turnover[0] == pytest.approx(1.0)  # the first trade starts from cash
+    assert turnover[1:].max() <= 0.3 + 1e-6
