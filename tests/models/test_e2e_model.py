@@ -169,7 +169,7 @@ def test_registry_names_and_parameters():
 
 def test_turnover_limit_holds_in_the_engine():
     prices = planted_market(n_assets=4, n_rows=450, seed=6)
-    result = run_backtest(prices, [_tiny(turnover_limit=0.3)], TINY_CONFIG)
+    result = run_backtest(prices, [_tiny(turnover_limit=0.15)], TINY_CONFIG)
     turnover = result.turnover["e2e"].to_numpy()
     assert turnover[0] == pytest.approx(1.0)  # the first trade starts from cash
-    assert turnover[1:].max() <= 0.3 + 1e-6
+    assert turnover[1:].max() <= 0.15 + 1e-6  # without the limit: up to 0.38 here
