@@ -109,6 +109,7 @@ class InteriorPoint:
         init = _initial_point(data, ml, mu, lb0, ub0) if warm_start is None else warm_start
         out = IPMState(*(None if v is None else v.clone() for v in init._fields()))
         iters = torch.zeros(B, dtype=torch.int32, device=dev)
+        ws: dict[str, Tensor] = {}  # workspaces reused across iterations (the active batch only shrinks)
         pres, dres, gap = (torch.full((B,), torch.nan, dtype=dt, device=dev) for _ in range(3))
         chunks: list[tuple[Tensor, ActiveSet, ActiveKKT]] = []
 
@@ -152,7 +153,7 @@ class InteriorPoint:
                     break
                 sub, st, r, last_try = sub.take(keep), st.take(keep), r.take(keep), last_try[keep]
                 sml, smu, slb, sub0, snc, sps = (v[keep] for v in (sml, smu, slb, sub0, snc, sps))
-            st, failed = self._step(sub, st, r, sml, smu, snc)
+            st, failed = self._step(sub, st, r, sml, smu, snc, ws)
         return IPMResult(out, status, iters, pres, dres, gap, chunks)
 
     def _polish(self, sub, st, r, t, sml, smu, slb, sub0, snc, chunks, idx):
@@ -181,12 +182,15 @@ class InteriorPoint:
             chunks.append((idx[rows], pol.active, pol.kkt))
         return full, _Residuals(*r_fields), good
 
-    def _step(self, d: QPData, st: IPMState, r: _Residuals, ml: Tensor, mu: Tensor, ncomp: Tensor):
+    def _step(self, d: QPData, st: IPMState, r: _Residuals, ml: Tensor, mu: Tensor, ncomp: Tensor, ws: dict):
         """One predictor-corrector step; returns the new state and a factorization-failure mask."""
         fl, fu = ml.to(d.P.dtype), mu.to(d.P.dtype)
         dG = None if d.G is None else st.lam / st.s
-        H = reduced_matrix(d.P, d.G, dG, fl * st.zl / r.tl + fu * st.zu / r.tu)
-        K = factor(H, d.A, self.shift)
+        k = d.P.shape[0]
+        if "H" not in ws:  # reused memory: fresh 5 MB buffers each iteration cost page faults
+            ws["H"], ws["L"] = torch.empty_like(d.P), torch.empty_like(d.P).mT  # L column-major, as LAPACK
+        H = reduced_matrix(d.P, d.G, dG, fl * st.zl / r.tl + fu * st.zu / r.tu, out=ws["H"][:k])
+        K = factor(H, d.A, self.shift, out=ws["L"][:k])
         aff = _direction(
             K, d, st, r, st.s * st.lam if d.G is not None else None, fl * r.tl * st.zl, fu * r.tu * st.zu
         )

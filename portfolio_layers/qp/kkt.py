@@ -87,14 +87,22 @@ def chol_solve(L: Tensor, R: Tensor) -> Tensor:
     return torch.linalg.solve_triangular(L.mT, torch.linalg.solve_triangular(L, R, upper=False), upper=True)
 
 
-def _shifted_cholesky(M: Tensor, delta: Tensor, tries: int = 8) -> tuple[Tensor, Tensor, Tensor]:
+def _shifted_cholesky(
+    M: Tensor, delta: Tensor, tries: int = 8, out: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
     """Cholesky of ``M + delta I`` (``delta (B,)``), with ``delta`` x100 on failure, per element.
 
     ``M`` is modified in place (its diagonal is shifted); returns ``L``, ``ok`` and the shifted ``M``.
+    ``out`` is an optional workspace for ``L``; it should be column-major (``torch.empty(B, n, n).mT``),
+    the layout LAPACK works in, else torch copies the factor into it.
     """
     diag = M.diagonal(dim1=-2, dim2=-1)
     diag.add_(delta.unsqueeze(-1))
-    L, info = torch.linalg.cholesky_ex(M)
+    if out is None:
+        L, info = torch.linalg.cholesky_ex(M)
+    else:
+        info = torch.empty(M.shape[:1], dtype=torch.int32, device=M.device)
+        L, info = torch.linalg.cholesky_ex(M, out=(out, info))
     bad = info != 0
     for _ in range(tries):
         if not bool(bad.any()):
@@ -110,14 +118,17 @@ def _shifted_cholesky(M: Tensor, delta: Tensor, tries: int = 8) -> tuple[Tensor,
     return L, ~bad, M
 
 
-def factor(H: Tensor, A: Tensor | None, shift: float, keep: bool = False) -> ReducedKKT:
+def factor(
+    H: Tensor, A: Tensor | None, shift: float, keep: bool = False, out: Tensor | None = None
+) -> ReducedKKT:
     """Factor the reduced KKT matrix with blocks ``H (B, n, n)`` (overwritten) and ``A (B, p, n)``.
 
     ``H`` is shifted by ``shift`` (absolute: the solver normalizes ``P`` to ``max|P| <= 1``), the
     Schur complement by ``shift * max diag``; shifts grow x100 where a factorization fails.
+    ``out`` is an optional (column-major) workspace for the Cholesky factor of ``H``.
     """
     delta = torch.full(H.shape[:1], shift, dtype=H.dtype, device=H.device)
-    L, ok, Hs = _shifted_cholesky(H, delta)
+    L, ok, Hs = _shifted_cholesky(H, delta, out=out)
     Hk = Hs if keep else None
     if A is None:
         return ReducedKKT(L, None, None, None, ok, Hk)
@@ -128,9 +139,19 @@ def factor(H: Tensor, A: Tensor | None, shift: float, keep: bool = False) -> Red
     return ReducedKKT(L, A, HiAt, Ls, ok & ok_s, Hk)
 
 
-def reduced_matrix(P: Tensor, G: Tensor | None, d_G: Tensor | None, d_x: Tensor) -> Tensor:
-    """``H = P + G' diag(d_G) G + diag(d_x)`` for a batch: ``P (B, n, n)``, ``G (B, m, n)``."""
-    H = P.clone() if G is None else torch.baddbmm(P, G.mT, G * d_G.unsqueeze(-1))
+def reduced_matrix(
+    P: Tensor, G: Tensor | None, d_G: Tensor | None, d_x: Tensor, out: Tensor | None = None
+) -> Tensor:
+    """``H = P + G' diag(d_G) G + diag(d_x)`` for a batch: ``P (B, n, n)``, ``G (B, m, n)``.
+
+    ``out`` (same shape as ``P``) is an optional workspace that receives ``H``.
+    """
+    if G is None:
+        H = P.clone() if out is None else out.copy_(P)
+    elif out is None:
+        H = torch.baddbmm(P, G.mT, G * d_G.unsqueeze(-1))
+    else:
+        H = torch.baddbmm(P, G.mT, G * d_G.unsqueeze(-1), out=out)
     H.diagonal(dim1=-2, dim2=-1).add_(d_x)
     return H
 
