@@ -114,7 +114,8 @@ class InteriorPoint:
         chunks: list[tuple[Tensor, ActiveSet, ActiveKKT]] = []
 
         idx = (status < 0).nonzero().squeeze(-1)
-        sub, st = data.take(idx), init.take(idx)
+        whole = idx.numel() == B  # the usual case: no copy of the batch
+        sub, st = (data, init) if whole else (data.take(idx), init.take(idx))
         sml, smu, slb, sub0, snc, sps = (v[idx] for v in (ml, mu, lb0, ub0, ncomp, pscale))
         failed = torch.zeros(idx.numel(), dtype=torch.bool, device=dev)
         last_try = torch.full((idx.numel(),), torch.inf, dtype=dt, device=dev)
@@ -314,16 +315,16 @@ def _present(z: Tensor) -> Tensor:
     return (z > 0).to(z.dtype)
 
 
-def _ratio(v: Tensor, dv: Tensor, mask: Tensor | None = None) -> Tensor:
-    neg = dv < 0 if mask is None else (dv < 0) & mask
-    return torch.where(neg, -v / torch.where(neg, dv, -1.0), torch.inf).amin(-1)
-
-
 def _max_step(st: IPMState, r: _Residuals, dd: IPMState, ml, mu, frac: float) -> Tensor:
-    a = torch.minimum(_ratio(r.tl, dd.x, ml), _ratio(r.tu, -dd.x, mu))
-    a = torch.minimum(a, torch.minimum(_ratio(st.zl, dd.zl, ml), _ratio(st.zu, dd.zu, mu)))
+    """Largest step (times ``frac``, at most 1) keeping every slack and multiplier positive."""
+    vs = [r.tl, r.tu, st.zl, st.zu]  # one concatenated ratio test: few ops on small tensors
+    ds = [torch.where(ml, dd.x, 0.0), torch.where(mu, -dd.x, 0.0), dd.zl, dd.zu]
     if st.s is not None:
-        a = torch.minimum(a, torch.minimum(_ratio(st.s, dd.s), _ratio(st.lam, dd.lam)))
+        vs += [st.s, st.lam]
+        ds += [dd.s, dd.lam]
+    v, dv = torch.cat(vs, -1), torch.cat(ds, -1)
+    neg = dv < 0
+    a = torch.where(neg, v / torch.where(neg, -dv, 1.0), torch.inf).amin(-1)
     return (frac * a).clamp(max=1.0)
 
 
