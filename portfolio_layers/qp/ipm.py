@@ -82,7 +82,7 @@ class InteriorPoint:
         Diagonal shift added to the reduced matrix before its Cholesky factorization.
     polish_mu : float
         Once residuals and ``mu`` are below this, active-set polishing is tried (again each time
-        ``mu`` has dropped 100x); a successful polish finishes the element. 0 disables polishing.
+        ``mu`` has dropped 10x); a successful polish finishes the element. 0 disables polishing.
     polish_eps : float
         Feasibility / dual-sign tolerance for accepting a polished point.
     """
@@ -129,7 +129,7 @@ class InteriorPoint:
                 near = (
                     (r.pres <= self.polish_mu * sps) & (r.dres <= self.polish_mu) & (r.mu <= self.polish_mu)
                 )
-                try_ = (code == Status.SOLVED) | ((code < 0) & near & (r.mu <= 1e-2 * last_try))
+                try_ = (code == Status.SOLVED) | ((code < 0) & near & (r.mu <= 0.1 * last_try))
                 if bool(try_.any()):
                     t = try_.nonzero().squeeze(-1)
                     last_try[t] = r.mu[t]

@@ -115,7 +115,7 @@ def _solve_ipm(data: QPData, tol: float, max_iter: int, warm_start: QPSolution |
         tol=tol,
         max_iter=max_iter,
         shift=1e-13 if f64 else 1e-7,
-        polish_mu=1e-4 if f64 else 1e-3,
+        polish_mu=1e-3,
         polish_eps=1e-9 if f64 else 1e-5,
     )
     holder: dict = {}

@@ -206,7 +206,7 @@ def _mtv(M: Tensor, v: Tensor) -> Tensor:
 
 
 def polish_corrected(
-    d: QPData, act: ActiveSet, shift: float, eps: float, rounds: int = 3
+    d: QPData, act: ActiveSet, shift: float, eps: float, rounds: int = 5
 ) -> list[tuple[Tensor, Polished]]:
     """:func:`polish`, then up to ``rounds`` active-set corrections on the elements that failed.
 
