@@ -84,25 +84,32 @@ class IPMFunction(torch.autograd.Function):
         wx = torch.zeros_like(gx)
         wy = None if d.A is None else torch.zeros_like(d.b)
         wl = None if d.G is None else torch.zeros_like(d.h)
-        glb, gub = torch.zeros_like(gx), torch.zeros_like(gx)
-        groups = [(i, ("active", act, K)) for i, act, K in ctx.res.polished]
-        if ctx.rest.numel():
-            groups.append((ctx.rest, ("ipm", None, ctx.rest_kkt)))
-        for idx, (kind, act, K) in groups:
-            sub, s_st, g = d.take(idx), st.take(idx), gx[idx]
-            if kind == "active":
-                w = _adjoint_active(sub, s_st, act, K, g)
-            else:
-                w = _adjoint_ipm(sub, s_st, K, g)
-            wx[idx] = w[0]
+        lower, upper = torch.zeros_like(gx, dtype=torch.bool), torch.zeros_like(gx, dtype=torch.bool)
+        for idx, act, K in ctx.res.polished:  # exact active-set adjoints, chunk by chunk
+            w = _adjoint_active(d.p, act, K, gx[idx])
+            wx[idx], lower[idx], upper[idx] = w[0], act.lower, act.upper
             if wy is not None:
                 wy[idx] = w[1]
             if wl is not None:
                 wl[idx] = w[2]
-            glb[idx], gub[idx] = w[3], w[4]
+        # bound multipliers of the active sets, for the whole batch at once (zero where not polished)
+        t = gx - _mv(d.P, wx)
+        if wy is not None:
+            t = t - _mtv(d.A, wy)
+        if wl is not None:
+            t = t - _mtv(d.G, wl)
+        glb, gub = torch.where(lower, t, 0.0), torch.where(upper, t, 0.0)
+        if ctx.rest.numel():
+            idx = ctx.rest
+            w = _adjoint_ipm(d.take(idx), st.take(idx), ctx.rest_kkt, gx[idx])
+            wx[idx], glb[idx], gub[idx] = w[0], w[3], w[4]
+            if wy is not None:
+                wy[idx] = w[1]
+            if wl is not None:
+                wl[idx] = w[2]
         x = st.x
         need = ctx.needs_input_grad
-        gP = -_outer(wx, x) if need[3] else None
+        gP = _outer(-wx, x) if need[3] else None
         gq = wx if need[4] else None
         gA = gb = gG = gh = None
         if d.A is not None:
@@ -122,19 +129,14 @@ class IPMFunction(torch.autograd.Function):
         return None, None, None, gP, gq, gA, gb, gG, gh, glb if need[9] else None, gub if need[10] else None
 
 
-def _adjoint_active(d: QPData, st: IPMState, act: ActiveSet, K: ActiveKKT, gx: Tensor) -> tuple:
-    """Adjoint of the active-set KKT system (exact derivative at a polished point)."""
+def _adjoint_active(p: int, act: ActiveSet, K: ActiveKKT, gx: Tensor) -> tuple:
+    """Adjoint of the active-set KKT system (exact derivative at a polished point): ``wx, wy, wl``."""
     C = K.K.A
     r2 = None if C is None else torch.zeros(gx.shape[0], C.shape[-2], dtype=gx.dtype, device=gx.device)
     wx, nu = K.solve(gx, r2, steps=1)
-    wy = None if d.A is None else nu[:, : d.p]
-    wl = None if d.G is None else nu[:, d.p :] * act.rows.to(gx.dtype)
-    t = gx - _mv(d.P, wx)
-    if wy is not None:
-        t = t - _mtv(d.A, wy)
-    if wl is not None:
-        t = t - _mtv(d.G, wl)
-    return wx, wy, wl, torch.where(act.lower, t, 0.0), torch.where(act.upper, t, 0.0)
+    wy = None if nu is None or p == 0 else nu[:, :p]
+    wl = None if act.rows is None else nu[:, p:] * act.rows.to(gx.dtype)
+    return wx, wy, wl
 
 
 def _adjoint_ipm(d: QPData, st: IPMState, K: ReducedKKT | AugmentedKKT, gx: Tensor) -> tuple:

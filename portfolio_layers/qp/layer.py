@@ -102,15 +102,14 @@ def solve_qp(
 
 
 def _solve_ipm(data: QPData, tol: float, max_iter: int, warm_start: QPSolution | Tensor | None) -> QPSolution:
-    P = 0.5 * (data.P + data.P.mT)
-    with torch.no_grad():
-        c = torch.maximum(P.abs().amax((-2, -1)), data.q.abs().amax(-1))
-        c = c.clamp_min(torch.finfo(P.dtype).tiny ** 0.5)
-    Ps, qs = P / c[:, None, None], data.q / c[:, None]
+    with torch.no_grad():  # max|P| bounds max|(P + P') / 2|
+        c = torch.maximum(data.P.abs().amax((-2, -1)), data.q.abs().amax(-1))
+        c = c.clamp_min(torch.finfo(data.P.dtype).tiny ** 0.5)
+    Ps, qs = (data.P + data.P.mT) * (0.5 / c)[:, None, None], data.q / c[:, None]
     check_psd(Ps.detach(), data.batch_shape)
     scaled = QPData(Ps.detach(), qs.detach(), *data.tensors()[2:], batch_shape=data.batch_shape)
     warm = _warm(scaled, warm_start, c)
-    f64 = P.dtype == torch.float64
+    f64 = Ps.dtype == torch.float64
     solver = InteriorPoint(
         tol=tol,
         max_iter=max_iter,
