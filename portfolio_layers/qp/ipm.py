@@ -167,20 +167,18 @@ class InteriorPoint:
         if not parts:
             return st, r, good
         full = IPMState(*(None if v is None else v.clone() for v in st._fields()))
-        r_fields = list(r.__dict__.values())
         for k, pol in parts:
             rows = t[k]
             good[rows] = True
-            dk = d.take(k)
-            s_new = None if d.G is None else (dk.h - _mv(dk.G, pol.x)).clamp_min(0.0)
-            new = IPMState(pol.x, s_new, pol.lam, pol.zl, pol.zu, pol.y)
-            full.put(rows, new)
-            r_new = _residuals(dk, new, sml[rows], smu[rows], slb[rows], sub0[rows], snc[rows])
-            r_fields = [
-                None if a is None else a.index_copy(0, rows, b)
-                for a, b in zip(r_fields, r_new.__dict__.values(), strict=True)
-            ]
+            s_new = None if d.G is None else (d.h[k] - _mv(d.G[k], pol.x)).clamp_min(0.0)
+            full.put(rows, IPMState(pol.x, s_new, pol.lam, pol.zl, pol.zu, pol.y))
             chunks.append((idx[rows], pol.active, pol.kkt))
+        g = good.nonzero().squeeze(-1)  # residuals of all polished points at once
+        r_new = _residuals(sub.take(g), full.take(g), sml[g], smu[g], slb[g], sub0[g], snc[g])
+        r_fields = [
+            None if a is None else a.index_copy(0, g, b)
+            for a, b in zip(r.__dict__.values(), r_new.__dict__.values(), strict=True)
+        ]
         return full, _Residuals(*r_fields), good
 
     def _step(self, d: QPData, st: IPMState, r: _Residuals, ml: Tensor, mu: Tensor, ncomp: Tensor, ws: dict):
