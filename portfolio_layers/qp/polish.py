@@ -224,13 +224,14 @@ def polish_corrected(
         bad = (~pol.ok).nonzero().squeeze(-1)
         if bad.numel() == 0 or r == rounds:
             break
-        d, a, p = d.take(bad), act.take(bad), pol.take(bad)
+        d, a = d.take(bad), act.take(bad)
+        g_raw, x_raw = pol.g_raw[bad], pol.x_raw[bad]  # (not pol.take: its factorization is discarded)
         free = ~(a.lower | a.upper)
-        lower = (a.lower & (p.g_raw >= -eps)) | (free & (p.x_raw < d.lb))
-        upper = (a.upper & (-p.g_raw >= -eps)) | (free & (p.x_raw > d.ub))
+        lower = (a.lower & (g_raw >= -eps)) | (free & (x_raw < d.lb))
+        upper = (a.upper & (-g_raw >= -eps)) | (free & (x_raw > d.ub))
         rows = a.rows
         if rows is not None:
-            rows = (rows & (p.lam_raw >= -eps)) | (~rows & (_mv(d.G, p.x_raw) > d.h))
+            rows = (rows & (pol.lam_raw[bad] >= -eps)) | (~rows & (_mv(d.G, x_raw) > d.h))
         new = ActiveSet(lower, upper & ~lower, rows)
         if _same(new, a):
             break
