@@ -9,6 +9,8 @@ smaller than multiplier). Fixing them gives an equality-constrained QP on the fr
 solved with the reduced-KKT machinery of :mod:`portfolio_layers.qp.kkt` after adding ``C'C`` to ``H``
 (an augmented-Lagrangian term that leaves the solution unchanged and keeps ``H`` well conditioned
 when ``P`` is singular on the free variables, as for the auxiliary variables of leverage limits).
+The free variables are gathered into a compact ``k x k`` system (``k`` the largest number of free
+variables in the batch, often far below ``n``), so a polish costs ``O(k^3)``, not ``O(n^3)``.
 The polished point is accepted only if it is primal and dual feasible (within ``eps``); it is
 then exact to rounding, and its factorization is the one the implicit backward reuses (the exact
 active-set derivative).
