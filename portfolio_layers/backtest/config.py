@@ -211,14 +211,14 @@ def default_config() -> BacktestConfig:
 
     The embedded S&P 500 dataset from 2010-01-01, trading from 2013-01-02 to 2022-12-28 (ten years; the
     three years before are history for the lookback and for training learning strategies), the four
-    classical strategies, lookback 252, monthly (21-row) rebalance, 10 bps costs, a 25% cap per asset, and
-    risk aversion 5 for mean-variance.
+    classical strategies and the learned ``e2e`` and ``pto``, lookback 252, monthly (21-row) rebalance,
+    10 bps costs, a 25% cap per asset, and risk aversion 5 for mean-variance.
     """
     return BacktestConfig(
         prices="sp500",
         start="2010-01-01",
         trade_start="2013-01-01",
-        strategies=DEFAULT_STRATEGIES,
+        strategies=(*DEFAULT_STRATEGIES, "e2e", "pto"),
         lookback=252,
         rebalance=21,
         cost_bps=10.0,
