@@ -116,7 +116,8 @@ class TrainHistory:
         Mean training loss and validation loss (NaN without a validation split).
     diagnostics : tuple of dict
         Per epoch: ``deq_iterations`` (mean), ``deq_residual`` (max relative residual), ``deq_failed``
-        (elements not converged), ``qp_iterations`` (mean), ``qp_failed`` (solves not optimal), ``grad_norm``.
+        (elements not converged), ``qp_iterations`` (mean), ``qp_failed`` (solves not optimal), ``grad_norm``,
+        ``skipped_steps`` (steps with a non-finite loss or gradient, not applied).
     best_epoch : int
         Epoch whose state was kept (index into the curves); ``-1`` when no epoch beat the validation loss
         of the initial parameters, which are then kept.
@@ -283,12 +284,17 @@ def train(
             norm = nn.utils.clip_grad_norm_(
                 net.parameters(), config.clip_norm if config.clip_norm else math.inf
             )
-            optimizer.step()
-            losses.append(float(loss.detach()))
-            epoch_diag.append(_diagnostics(out, float(norm)))
+            diag = _diagnostics(out, float(norm))
+            # A non-finite loss or gradient (a failed solve, an overflow) would turn every parameter into NaN
+            # through Adam: such a step is skipped and counted instead.
+            diag["skipped_steps"] = int(not (torch.isfinite(loss.detach()) and torch.isfinite(norm)))
+            if not diag["skipped_steps"]:
+                optimizer.step()
+                losses.append(float(loss.detach()))
+            epoch_diag.append(diag)
         net.eval()
         val = _evaluate(net, data, val_rows, config)
-        train_curve.append(float(np.mean(losses)))
+        train_curve.append(float(np.mean(losses)) if losses else float("nan"))
         val_curve.append(val)
         diagnostics.append(_merge(epoch_diag))
         bar.set_postfix(_postfix(train_curve[-1], val, diagnostics[-1]))
@@ -321,7 +327,7 @@ def _merge(per_step: list[dict]) -> dict:
     merged: dict = {}
     for key in per_step[0]:
         values = [d[key] for d in per_step if key in d]
-        if key.endswith("failed"):
+        if key.endswith("failed") or key == "skipped_steps":
             merged[key] = int(sum(values))
         elif key == "deq_residual":
             merged[key] = float(max(values))

@@ -126,3 +126,23 @@ def test_bad_config_and_too_short_blocks(market):
         TrainConfig(loss="calmar")
     with pytest.raises(DataError, match="training samples"):
         train(SoftmaxNet(3).double(), _data(market.iloc[:45]), TrainConfig(epochs=1))
+
+
+def test_a_non_finite_step_is_skipped_not_applied(market):
+    class Flaky(SoftmaxNet):
+        calls = 0
+
+        def forward(self, x, sample_cov=None, previous=None):
+            out = super().forward(x, sample_cov, previous)
+            if self.training:
+                Flaky.calls += 1
+                if Flaky.calls == 2:  # one poisoned training step
+                    return NetOutput(out.weights * float("nan"), out.mu, out.cov, out.risk_aversion)
+            return out
+
+    torch.manual_seed(0)
+    net = Flaky(3).double()
+    history = train(net, _data(market), TrainConfig(epochs=2, patience=5, cost_bps=0.0))
+    assert sum(d["skipped_steps"] for d in history.diagnostics) == 1
+    assert all(torch.isfinite(p).all() for p in net.parameters())
+    assert np.isfinite(history.train_loss).all()
