@@ -6,6 +6,10 @@ Every seed runs the whole config (the classical strategies do not depend on the 
 same in every run). Writes ``metrics_by_seed.csv`` and ``summary.md`` into ``--out`` and prints the summary:
 per strategy, the mean +- std over seeds of every metric, and the Jobson-Korkie/Memmel test of the Sharpe
 difference against the benchmark (mean difference, and the range of p-values over the seeds).
+
+Long studies: ``--checkpoints DIR`` saves every fit of the learned strategies there, so an interrupted run
+resumes from its last completed fit; seeds can run as separate processes (one per core) and be combined with
+``--merge RUN_DIR RUN_DIR ...``, which only reads their ``metrics_by_seed.csv`` files.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import pandas as pd
 
 from portfolio_layers.backtest import BacktestConfig, run_backtest
 from portfolio_layers.backtest.metrics import METRIC_NAMES
+from portfolio_layers.backtest.strategies import LEARNED_STRATEGIES
 from portfolio_layers.data import load_prices
 
 
@@ -44,12 +49,31 @@ def _summary(frame: pd.DataFrame, benchmark: str) -> str:
     return "\n".join(lines)
 
 
+def _header(config: BacktestConfig, seeds: list[int]) -> str:
+    return (
+        f"{config.prices}, seeds {seeds}, cost {config.cost_bps:g} bps, rebalance {config.rebalance}, "
+        f"lookback {config.lookback}, retrain every {config.retrain_every} rows"
+    )
+
+
+def _write(out: Path, frame: pd.DataFrame, config: BacktestConfig) -> str:
+    out.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(out / "metrics_by_seed.csv", index=False)
+    seeds = sorted(int(s) for s in frame["seed"].unique())
+    text = f"{_header(config, seeds)}\n\n{_summary(frame, config.benchmark)}\n"
+    (out / "summary.md").write_text(text)
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=Path("backtests/configs/default.toml"))
     parser.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated seeds")
     parser.add_argument("--strategies", help="comma-separated strategies (default: those of the config)")
     parser.add_argument("--out", type=Path, help="output folder (default backtests/results/seeds-<UTC time>)")
+    parser.add_argument("--checkpoints", type=Path, help="folder for per-fit checkpoints of learned strategies")
+    parser.add_argument("--progress", action="store_true", help="progress bars on stderr")
+    parser.add_argument("--merge", type=Path, nargs="+", metavar="RUN_DIR", help="combine finished runs")
     args = parser.parse_args(argv)
     config = BacktestConfig.from_toml(args.config)
     if args.strategies:
@@ -57,13 +81,23 @@ def main(argv: list[str] | None = None) -> int:
         config = config.override(
             strategies=names, params={k: v for k, v in config.params.items() if k in names}
         )
-    seeds = [int(s) for s in args.seeds.split(",")]
     out = args.out or Path("backtests/results") / f"seeds-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}"
+    if args.merge:
+        frame = pd.concat([pd.read_csv(d / "metrics_by_seed.csv") for d in args.merge], ignore_index=True)
+        print(_write(out, frame.sort_values(["seed"], kind="stable"), config))
+        return 0
+    if args.checkpoints:
+        params = {k: dict(v) for k, v in config.params.items()}
+        for name in config.strategies:
+            if name in LEARNED_STRATEGIES:
+                params.setdefault(name, {})["checkpoint_dir"] = str(args.checkpoints)
+        config = config.override(params=params)
+    seeds = [int(s) for s in args.seeds.split(",")]
     prices = load_prices(config.prices)
     rows = []
     for seed in seeds:
         tic = time.perf_counter()
-        result = run_backtest(prices, config=config.override(seed=seed))
+        result = run_backtest(prices, config=config.override(seed=seed), progress=args.progress)
         tests = result.sharpe_tests() if config.benchmark in result.strategies else None
         for name, metrics in result.metrics.iterrows():
             row = {"seed": seed, "strategy": name, **metrics.to_dict()}
@@ -74,17 +108,8 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 row.update(sharpe_difference=0.0, p_value=float("nan"))
             rows.append(row)
-        print(f"seed {seed}: {time.perf_counter() - tic:.0f}s", file=sys.stderr)
-    frame = pd.DataFrame(rows)
-    out.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(out / "metrics_by_seed.csv", index=False)
-    text = (
-        f"{config.prices}, seeds {seeds}, cost {config.cost_bps:g} bps, rebalance {config.rebalance}, "
-        f"lookback {config.lookback}, retrain every {config.retrain_every} rows\n\n"
-        f"{_summary(frame, config.benchmark)}\n"
-    )
-    (out / "summary.md").write_text(text)
-    print(text)
+        print(f"seed {seed}: {time.perf_counter() - tic:.0f}s", file=sys.stderr, flush=True)
+        print(_write(out, pd.DataFrame(rows), config))
     return 0
 
 

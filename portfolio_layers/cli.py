@@ -190,7 +190,7 @@ def _download(args: argparse.Namespace) -> int:
 
 
 def _fail(kind: str, exc: BaseException, status: int) -> int:
-    message = " ".join(str(exc).split()) or type(exc).__name__
+    message = " ".join(" ".join((str(exc), *getattr(exc, "__notes__", ()))).split()) or type(exc).__name__
     print(textwrap.fill(f"{kind}: {message}", width=100), file=sys.stderr)
     return status
 

@@ -67,6 +67,10 @@ class ConvergenceError(SolverError):
     """A solver hit its iteration limit before reaching the tolerance."""
 
 
+class StrategyError(SolverError):
+    """A strategy failed with an unexpected exception during a backtest (that exception is ``__cause__``)."""
+
+
 __all__ = [
     "ConfigError",
     "ConvergenceError",
@@ -80,4 +84,5 @@ __all__ = [
     "PortfolioLayersError",
     "ShapeError",
     "SolverError",
+    "StrategyError",
 ]

@@ -97,6 +97,28 @@ def test_bad_input_is_one_paragraph_and_exit_2(tmp_path, capsys, args, match):
     assert not (tmp_path / "x" / "metrics.json").exists()
 
 
+def test_numerical_failure_in_a_strategy_is_one_paragraph_and_exit_1(tmp_path, monkeypatch, capsys):
+    import portfolio_layers.backtest.engine as engine
+
+    class Broken:
+        name = "equal_weight"
+
+        def fit(self, prices):
+            pass
+
+        def weights(self, prices, current):
+            raise RuntimeError("linalg.svd: The algorithm failed to converge\nsecond line of detail")
+
+    monkeypatch.setattr(engine, "build_strategy", lambda name, config: Broken())
+    out = tmp_path / "x"
+    code = main(["backtest", *SMALL, "--strategies", "equal_weight", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "Traceback" not in err and "second line" not in err
+    assert "error: strategy 'equal_weight' failed while choosing weights on 2021-" in " ".join(err.split())
+    assert "checkpoint_dir" in err and not out.exists()
+
+
 def test_unknown_config_key_via_entry_point(tmp_path):
     cfg = tmp_path / "bad.toml"
     cfg.write_text("lookback = 60\nrebalanse = 5\n")

@@ -35,7 +35,7 @@ from portfolio_layers.backtest.splits import Step, walk_forward
 from portfolio_layers.backtest.strategies import Strategy, make_strategy, strategy_parameters
 from portfolio_layers.data.loaders import slice_dates
 from portfolio_layers.data.validation import validate_prices
-from portfolio_layers.errors import ConfigError, InputError
+from portfolio_layers.errors import ConfigError, InputError, PortfolioLayersError, StrategyError
 
 logger = logging.getLogger(__name__)
 
@@ -173,6 +173,27 @@ def _check_weights(w: Any, n: int, name: str, date: pd.Timestamp) -> np.ndarray:
     return w / w.sum()
 
 
+def _call(strategy: Strategy, doing: str, date: pd.Timestamp, method: Any, *args: Any) -> Any:
+    """``method(*args)``, with the strategy and date added to any error it raises.
+
+    Our own errors keep their type and get a note; anything else (a numerical failure inside a model, a bug)
+    becomes a :class:`StrategyError` whose message names the strategy, the step and the date.
+    """
+    where = f"strategy {strategy.name!r} failed while {doing} {date:%Y-%m-%d}"
+    try:
+        return method(*args)
+    except PortfolioLayersError as exc:
+        exc.add_note(f"({where}.)")
+        raise
+    except Exception as exc:
+        detail = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise StrategyError(
+            f"{where}: {type(exc).__name__}: {detail}. The run stopped there and wrote nothing. For a learned "
+            "strategy, set checkpoint_dir in its [params.<strategy>] table so that a rerun resumes from its last "
+            "completed fit, or try another seed or a smaller learning rate."
+        ) from exc
+
+
 def _simulate(
     strategy: Strategy,
     prices: pd.DataFrame,
@@ -192,10 +213,11 @@ def _simulate(
     h = np.zeros(n)
     bar = tqdm(steps, desc=strategy.name, unit="rebalance", disable=not progress, file=sys.stderr, leave=True)
     for i, step in enumerate(bar):
-        if step.train is not None:
-            strategy.fit(prices.iloc[step.train])
         date = prices.index[step.t]
-        w = _check_weights(strategy.weights(prices.iloc[step.view], h.copy()), n, strategy.name, date)
+        if step.train is not None:
+            _call(strategy, "fitting on the prices up to", date, strategy.fit, prices.iloc[step.train])
+        w = _call(strategy, "choosing weights on", date, strategy.weights, prices.iloc[step.view], h.copy())
+        w = _check_weights(w, n, strategy.name, date)
         W[i], tau[i] = w, np.abs(w - h).sum()
         h = w.copy()
         for s in range(step.hold.start, step.hold.stop):

@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from portfolio_layers.backtest import BacktestConfig, run_backtest
-from portfolio_layers.errors import DataError, InputError
+from portfolio_layers.errors import DataError, InfeasibleError, InputError, StrategyError
 
 
 class Scripted:
@@ -193,6 +193,40 @@ def test_bad_weights_are_reported():
         run_backtest(p, [Scripted([[np.nan, 0.5, 0.5]] * 2)], cfg)
     with pytest.raises(DataError, match="too few rows"):
         run_backtest(p, [Scripted([])], BacktestConfig(lookback=5, strategies=("scripted",)))
+
+
+class Failing(Scripted):
+    """Equal weights, but its second fit (or its weights, with ``in_weights``) raises ``error``."""
+
+    def __init__(self, error, in_weights=False):
+        super().__init__([], name="failing")
+        self.error, self.in_weights, self.fits = error, in_weights, 0
+
+    def fit(self, prices):
+        self.fits += 1
+        if self.fits == 2 and not self.in_weights:
+            raise self.error
+
+    def weights(self, prices, current):
+        if self.in_weights:
+            raise self.error
+        return np.full(len(current), 1.0 / len(current))
+
+
+def test_strategy_failures_name_the_strategy_and_date():
+    idx = pd.date_range("2020-01-01", periods=30, freq="B")
+    p = pd.DataFrame(np.linspace(1, 2, 60).reshape(30, 2), index=idx)
+    cfg = BacktestConfig(lookback=5, rebalance=3, retrain_every=5, strategies=("failing",), benchmark=None)
+    # An unexpected exception (e.g. torch's linalg error on NaN weights) becomes a StrategyError at the second
+    # fit (row 11), with the original as its cause.
+    with pytest.raises(StrategyError, match=r"'failing' failed while fitting on the prices up to 2020-01-16: "
+                       r"RuntimeError: svd failed\.") as info:
+        run_backtest(p, [Failing(RuntimeError("svd failed\nlong torch detail"))], cfg)
+    assert isinstance(info.value.__cause__, RuntimeError) and "long torch detail" not in str(info.value)
+    # Our own errors keep their type and message, with the place added as a note.
+    with pytest.raises(InfeasibleError, match="no portfolio") as info:
+        run_backtest(p, [Failing(InfeasibleError("no portfolio"), in_weights=True)], cfg)
+    assert info.value.__notes__ == ["(strategy 'failing' failed while choosing weights on 2020-01-08.)"]
 
 
 def test_diagnostics_are_kept_and_benchmark_test_runs():
