@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated seeds")
     parser.add_argument("--strategies", help="comma-separated strategies (default: those of the config)")
     parser.add_argument("--out", type=Path, help="output folder (default backtests/results/seeds-<UTC time>)")
-    parser.add_argument("--checkpoints", type=Path, help="folder for per-fit checkpoints of learned strategies")
+    parser.add_argument("--checkpoints", type=Path, help="per-fit checkpoints of learned strategies")
     parser.add_argument("--progress", action="store_true", help="progress bars on stderr")
     parser.add_argument("--merge", type=Path, nargs="+", metavar="RUN_DIR", help="combine finished runs")
     args = parser.parse_args(argv)

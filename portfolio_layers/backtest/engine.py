@@ -188,9 +188,9 @@ def _call(strategy: Strategy, doing: str, date: pd.Timestamp, method: Any, *args
     except Exception as exc:
         detail = (str(exc).strip().splitlines() or [""])[0][:300]
         raise StrategyError(
-            f"{where}: {type(exc).__name__}: {detail}. The run stopped there and wrote nothing. For a learned "
-            "strategy, set checkpoint_dir in its [params.<strategy>] table so that a rerun resumes from its last "
-            "completed fit, or try another seed or a smaller learning rate."
+            f"{where}: {type(exc).__name__}: {detail}. The run stopped there and wrote nothing. For a "
+            "learned strategy, set checkpoint_dir in its [params.<strategy>] table so that a rerun resumes "
+            "from its last completed fit, or try another seed or a smaller learning rate."
         ) from exc
 
 

@@ -219,8 +219,11 @@ def test_strategy_failures_name_the_strategy_and_date():
     cfg = BacktestConfig(lookback=5, rebalance=3, retrain_every=5, strategies=("failing",), benchmark=None)
     # An unexpected exception (e.g. torch's linalg error on NaN weights) becomes a StrategyError at the second
     # fit (row 11), with the original as its cause.
-    with pytest.raises(StrategyError, match=r"'failing' failed while fitting on the prices up to 2020-01-16: "
-                       r"RuntimeError: svd failed\.") as info:
+    with pytest.raises(
+        StrategyError,
+        match=r"'failing' failed while fitting on the prices up to 2020-01-16: "
+        r"RuntimeError: svd failed\.",
+    ) as info:
         run_backtest(p, [Failing(RuntimeError("svd failed\nlong torch detail"))], cfg)
     assert isinstance(info.value.__cause__, RuntimeError) and "long torch detail" not in str(info.value)
     # Our own errors keep their type and message, with the place added as a note.
