@@ -3,9 +3,11 @@
     python backtests/seeds.py --config backtests/configs/default.toml --seeds 0,1,2,3,4
 
 Every seed runs the whole config (the classical strategies do not depend on the seed, so their rows are the
-same in every run). Writes ``metrics_by_seed.csv`` and ``summary.md`` into ``--out`` and prints the summary:
-per strategy, the mean +- std over seeds of every metric, and the Jobson-Korkie/Memmel test of the Sharpe
-difference against the benchmark (mean difference, and the range of p-values over the seeds).
+same in every run). Writes into ``--out``: ``metrics_by_seed.csv`` (with each strategy's wall time in
+seconds), ``summary.md``, and one complete run folder per seed (``seed<N>/``, as ``portfolio-layers backtest``
+writes it, report included). The summary gives per strategy the mean +- std over seeds of every metric, and
+the Jobson-Korkie/Memmel test of the Sharpe difference against the benchmark (mean difference, and the range
+of p-values over the seeds).
 
 Long studies: ``--checkpoints DIR`` saves every fit of the learned strategies there, so an interrupted run
 resumes from its last completed fit; seeds can run as separate processes (one per core) and be combined with
@@ -24,8 +26,10 @@ import pandas as pd
 
 from portfolio_layers.backtest import BacktestConfig, run_backtest
 from portfolio_layers.backtest.metrics import METRIC_NAMES
+from portfolio_layers.backtest.output import save_result
 from portfolio_layers.backtest.strategies import LEARNED_STRATEGIES
 from portfolio_layers.data import load_prices
+from portfolio_layers.data.atomic import atomic_write_text
 
 
 def _summary(frame: pd.DataFrame, benchmark: str) -> str:
@@ -58,10 +62,10 @@ def _header(config: BacktestConfig, seeds: list[int]) -> str:
 
 def _write(out: Path, frame: pd.DataFrame, config: BacktestConfig) -> str:
     out.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(out / "metrics_by_seed.csv", index=False)
+    atomic_write_text(out / "metrics_by_seed.csv", frame.to_csv(index=False))
     seeds = sorted(int(s) for s in frame["seed"].unique())
     text = f"{_header(config, seeds)}\n\n{_summary(frame, config.benchmark)}\n"
-    (out / "summary.md").write_text(text)
+    atomic_write_text(out / "summary.md", text)
     return text
 
 
@@ -100,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         result = run_backtest(prices, config=config.override(seed=seed), progress=args.progress)
         tests = result.sharpe_tests() if config.benchmark in result.strategies else None
         for name, metrics in result.metrics.iterrows():
-            row = {"seed": seed, "strategy": name, **metrics.to_dict()}
+            row = {"seed": seed, "strategy": name, **metrics.to_dict(), "seconds": result.seconds[name]}
             if tests is not None and name in tests.index:
                 row.update(
                     sharpe_difference=tests.loc[name, "sharpe_difference"], p_value=tests.loc[name, "p_value"]
@@ -109,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
                 row.update(sharpe_difference=0.0, p_value=float("nan"))
             rows.append(row)
         print(f"seed {seed}: {time.perf_counter() - tic:.0f}s", file=sys.stderr, flush=True)
+        save_result(result, out / f"seed{seed}")  # returns, weights, training curves, report.html
         print(_write(out, pd.DataFrame(rows), config))
     return 0
 
