@@ -12,7 +12,8 @@ be held), with ``t0 = L`` by default, or ``t0 = max(L, first_row)`` when trading
 - ``hold = t+1 .. t'`` with t' the next rebalance row (or ``T-1`` after the last one): the rows whose returns
   the weights chosen at t earn.
 
-The hold ranges partition rows ``t0+1 .. T-1``. Every range ends at or before t (see the tests).
+The hold ranges partition rows ``t0+1 .. T-1``. ``train`` and ``view`` end at t, ``hold`` starts at t+1 (see
+the tests).
 """
 
 from __future__ import annotations

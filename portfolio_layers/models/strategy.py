@@ -67,17 +67,19 @@ class E2EPortfolio:
     encoder : {"deq", "mlp", "lstm"}
         Market-history encoder.
     loss : {"sharpe", "sortino", "utility", "mse"}
-        Training objective; ``"mse"`` is the two-stage predict-then-optimize baseline.
+        Training objective; ``"mse"`` is the two-stage predict-then-optimize baseline (the QP is not in its
+        loss, so its risk aversion stays at ``risk_aversion`` whatever ``learn_risk_aversion`` says).
     d_model, n_factors : int
         Embedding size and number of risk factors.
     window : int
         ``T``, feature rows fed to the encoder.
     cov_window : int
         Return rows of the sample covariance blended into the risk model.
-    horizon : int
-        ``H``, rows after a decision scored by the loss (use the rebalance period).
+    horizon : int, optional
+        ``H``, rows after a decision scored by the loss; default ``rebalance``, which makes the loss's
+        trading cost (one trade per ``H`` rows) match the backtest's.
     rebalance : int
-        Rows between decisions, for the trading cost of the loss (the model's own previous weights).
+        Rows between decisions (>= 1), for the trading cost of the loss (the model's own previous weights).
     blend_sample_cov : bool
         Learn a blend of the factor covariance with the sample covariance.
     blend_init : float
@@ -93,6 +95,10 @@ class E2EPortfolio:
         Bound on ``sum |w - w_prev|`` in the QP (``w_prev`` = drifted weights before the trade).
     cost_bps : float
         Trading cost in the loss (use the backtest's ``cost_bps``).
+    utility_risk_aversion : float
+        Risk aversion of the ``"utility"`` loss (not of the QP).
+    jacobian_weight : float
+        Weight of the DEQ's Jacobian penalty in the loss; needs ``encoder_options={"jacobian_samples": k}``.
     epochs, refit_epochs : int
         Epoch budget of the first fit and of each later fit (warm-started from the previous parameters;
         ``refit_epochs=0`` re-trains from scratch with ``epochs`` every time).
@@ -123,7 +129,7 @@ class E2EPortfolio:
         n_factors: int = 3,
         window: int = 60,
         cov_window: int = 252,
-        horizon: int = 21,
+        horizon: int | None = None,
         rebalance: int = 21,
         blend_sample_cov: bool = True,
         blend_init: float = 0.9,
@@ -133,6 +139,8 @@ class E2EPortfolio:
         max_weight: float | None = None,
         turnover_limit: float | None = None,
         cost_bps: float = 10.0,
+        utility_risk_aversion: float = 5.0,
+        jacobian_weight: float = 0.0,
         epochs: int = 8,
         refit_epochs: int = 3,
         batch_size: int = 32,
@@ -156,6 +164,16 @@ class E2EPortfolio:
             raise ConfigError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
         if refit_epochs < 0:
             raise ConfigError(f"refit_epochs must be >= 0, got {refit_epochs}")
+        if rebalance < 1:
+            raise ConfigError(f"rebalance must be >= 1 rows (the decision spacing), got {rebalance}")
+        samples = int((encoder_options or {}).get("jacobian_samples", 0))
+        if (jacobian_weight > 0) != (samples > 0):
+            raise ConfigError(
+                "the DEQ's Jacobian penalty needs both jacobian_weight > 0 and encoder_options="
+                f"{{'jacobian_samples': k}} with k > 0 (got jacobian_weight={jacobian_weight}, "
+                f"jacobian_samples={samples}); set both or neither"
+            )
+        horizon = rebalance if horizon is None else horizon
         self.name, self.encoder, self.d_model, self.n_factors = name, encoder, d_model, n_factors
         self.window, self.cov_window, self.horizon, self.rebalance = window, cov_window, horizon, rebalance
         self.blend_sample_cov, self.blend_init = blend_sample_cov, blend_init
@@ -181,7 +199,9 @@ class E2EPortfolio:
             patience=patience,
             stride=stride,
             cost_bps=cost_bps,
+            risk_aversion=utility_risk_aversion,
             aux_mse=aux_mse,
+            jacobian_weight=jacobian_weight,
             seed=seed,
         )
         self.net_: E2ENet | None = None
@@ -340,7 +360,8 @@ class E2EPortfolio:
             The price rows the strategy may see (``t-L .. t``); needs at least the feature warm-up plus
             ``window`` rows and ``cov_window + 1`` rows.
         current : ndarray of shape (n,), optional
-            Drifted weights before the trade (zeros or None before the first trade); used by a turnover limit.
+            Drifted weights before the trade (zeros or None before the first trade); used by a turnover limit,
+        which binds against ``1/n`` when there are none (the backtest charges that first trade against 0).
 
         Returns
         -------

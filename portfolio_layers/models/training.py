@@ -8,7 +8,9 @@ validation loss is kept. Everything random comes from ``TrainConfig.seed`` throu
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import logging
 import math
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -23,6 +25,8 @@ from portfolio_layers.data.atomic import atomic_write_bytes
 from portfolio_layers.errors import ConfigError, DataError
 from portfolio_layers.models.losses import LOSSES, PERIODS_PER_YEAR, mse_loss, portfolio_loss
 from portfolio_layers.models.samples import Batch, WindowData, drift_weights
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["OBJECTIVES", "TrainConfig", "TrainHistory", "load_checkpoint", "save_checkpoint", "train"]
 
@@ -188,7 +192,10 @@ def batch_loss(net: nn.Module, batch: Batch, config: TrainConfig) -> tuple[Tenso
     """Loss of ``net`` on one batch, and the network output (for diagnostics).
 
     With a cost (``cost_bps > 0``) or a turnover limit in the network, the previous weights are the network's
-    own decision at the previous rebalance row (no gradient), drifted to the decision row.
+    own decision at the previous rebalance row, drifted to the decision row. Two simplifications against the
+    walk-forward: that previous decision is computed without gradient (the loss sees ``w_t`` as a function
+    of the parameters but treats ``w_{t-k}`` as given, so the pull toward low turnover is understated), and
+    it is itself solved without previous weights (a turnover limit then binds against ``1/n``).
     """
     if config.loss == "mse":
         out = net.predict(batch.x, batch.sample_cov)
@@ -262,6 +269,33 @@ def train(
             f"{data.horizon}); use a longer training window or smaller windows"
         )
     generator = torch.Generator().manual_seed(config.seed)
+    devices = sorted({p.device.index or 0 for p in net.parameters() if p.device.type == "cuda"})
+    # Anything inside that draws from torch's global generator (the DEQ's Hutchinson Jacobian penalty) is
+    # seeded by config.seed, without touching the caller's random state.
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(config.seed)
+        history = _train_loop(net, data, config, train_rows, val_rows, generator, progress, desc)
+    skipped = sum(d.get("skipped_steps", 0) for d in history.diagnostics)
+    if skipped:
+        logger.warning(
+            "%s: %d optimizer steps skipped (non-finite loss or gradient, or failed QP/DEQ solves); see the "
+            "diagnostics",
+            desc,
+            skipped,
+        )
+    return dataclasses.replace(history, seconds=time.perf_counter() - start)
+
+
+def _train_loop(
+    net: nn.Module,
+    data: WindowData,
+    config: TrainConfig,
+    train_rows: np.ndarray,
+    val_rows: np.ndarray,
+    generator: torch.Generator,
+    progress: bool,
+    desc: str,
+) -> TrainHistory:
     optimizer = torch.optim.Adam(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     train_curve: list[float] = []
     val_curve: list[float] = []
@@ -269,8 +303,9 @@ def train(
     net.eval()
     initial_val = _evaluate(net, data, val_rows, config)
     # With a validation split the initial parameters compete too: training never makes the kept model worse
-    # on validation than where it started (for a warm-started re-fit: the previous fold's model).
-    best = (initial_val if len(val_rows) else math.inf, -1, _copy_state(net))
+    # on validation than where it started (for a warm-started re-fit: the previous fold's model). A
+    # non-finite starting loss competes as +inf, so that any finite epoch replaces it.
+    best = (initial_val if len(val_rows) and math.isfinite(initial_val) else math.inf, -1, _copy_state(net))
     stopped = False
     bar = tqdm(range(config.epochs), desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
     for epoch in bar:
@@ -285,9 +320,12 @@ def train(
                 net.parameters(), config.clip_norm if config.clip_norm else math.inf
             )
             diag = _diagnostics(out, float(norm))
-            # A non-finite loss or gradient (a failed solve, an overflow) would turn every parameter into NaN
-            # through Adam: such a step is skipped and counted instead.
-            diag["skipped_steps"] = int(not (torch.isfinite(loss.detach()) and torch.isfinite(norm)))
+            # A non-finite loss or gradient (an overflow) would turn every parameter into NaN through Adam,
+            # and the implicit gradients of a QP or DEQ solve that failed are taken at a point that is not a
+            # solution: such a step is skipped and counted instead.
+            finite = bool(torch.isfinite(loss.detach()) and torch.isfinite(norm))
+            solved = not (diag.get("qp_failed", 0) or diag.get("deq_failed", 0))
+            diag["skipped_steps"] = int(not (finite and solved))
             if not diag["skipped_steps"]:
                 optimizer.step()
                 losses.append(float(loss.detach()))
@@ -312,7 +350,7 @@ def train(
         tuple(diagnostics),
         best_epoch=best[1],
         stopped_early=stopped,
-        seconds=time.perf_counter() - start,
+        seconds=0.0,
         n_train=len(train_rows),
         n_val=len(val_rows),
         initial_val_loss=initial_val,

@@ -167,6 +167,24 @@ def test_registry_names_and_parameters():
         E2EPortfolio().weights(planted_market(n_rows=200))
 
 
+def test_options_that_would_be_silently_ignored_are_rejected_or_wired():
+    assert E2EPortfolio(rebalance=5).horizon == 5  # the loss's trading cost follows the rebalance period
+    assert E2EPortfolio(rebalance=5, horizon=21).horizon == 21
+    with pytest.raises(ConfigError, match="rebalance must be >= 1"):
+        E2EPortfolio(rebalance=0)
+    with pytest.raises(ConfigError, match="set both or neither"):
+        E2EPortfolio(encoder_options={"jacobian_samples": 2})
+    with pytest.raises(ConfigError, match="set both or neither"):
+        E2EPortfolio(jacobian_weight=0.1)
+    model = E2EPortfolio(
+        loss="utility",
+        utility_risk_aversion=2.0,
+        jacobian_weight=0.1,
+        encoder_options={"jacobian_samples": 1},
+    )
+    assert model.train_config.risk_aversion == 2.0 and model.train_config.jacobian_weight == 0.1
+
+
 def test_turnover_limit_holds_in_the_engine():
     prices = planted_market(n_assets=4, n_rows=450, seed=6)
     result = run_backtest(prices, [_tiny(turnover_limit=0.15)], TINY_CONFIG)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from portfolio_layers.errors import ConfigError, DataError
+from portfolio_layers.models import training as training_module
 from portfolio_layers.models.model import NetOutput
 from portfolio_layers.models.samples import WindowData
 from portfolio_layers.models.training import (
@@ -146,3 +150,67 @@ def test_a_non_finite_step_is_skipped_not_applied(market):
     assert sum(d["skipped_steps"] for d in history.diagnostics) == 1
     assert all(torch.isfinite(p).all() for p in net.parameters())
     assert np.isfinite(history.train_loss).all()
+
+
+def test_a_step_on_a_failed_solve_is_skipped_and_reported(market, caplog):
+    class Unsolved(SoftmaxNet):
+        """Reports a failed QP element on every training batch: its implicit gradient would be wrong."""
+
+        def forward(self, x, sample_cov=None, previous=None):
+            out = super().forward(x, sample_cov, previous)
+            if self.training:
+                status = torch.zeros(x.shape[0], dtype=torch.int64)
+                status[0] = 2
+                qp = SimpleNamespace(status=status, iterations=torch.full_like(status, 50))
+                return NetOutput(out.weights, out.mu, out.cov, out.risk_aversion, qp=qp)
+            return out
+
+    torch.manual_seed(0)
+    net = Unsolved(3).double()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    with caplog.at_level(logging.WARNING, logger="portfolio_layers.models.training"):
+        history = train(net, _data(market), TrainConfig(epochs=2, patience=5), desc="fold-x")
+    steps = sum(d["skipped_steps"] for d in history.diagnostics)
+    assert steps > 0 and all(d["qp_failed"] > 0 for d in history.diagnostics)
+    for key, value in net.state_dict().items():
+        assert torch.equal(value, before[key])  # nothing was applied
+    assert f"fold-x: {steps} optimizer steps skipped" in caplog.text
+
+
+def test_a_non_finite_starting_validation_loss_does_not_discard_training(market, monkeypatch):
+    real = training_module._evaluate
+    calls = []
+
+    def first_nan(*args):
+        calls.append(1)
+        return float("nan") if len(calls) == 1 else real(*args)
+
+    monkeypatch.setattr(training_module, "_evaluate", first_nan)
+    torch.manual_seed(0)
+    history = train(SoftmaxNet(3).double(), _data(market), TrainConfig(epochs=3, patience=1))
+    assert np.isnan(history.initial_val_loss)
+    assert history.best_epoch >= 0  # an epoch was kept, not the untrained start
+
+
+def test_global_random_draws_inside_training_are_seeded_and_isolated(market):
+    class Noisy(SoftmaxNet):
+        """Draws from torch's global generator in training, like the DEQ's Hutchinson penalty."""
+
+        def forward(self, x, sample_cov=None, previous=None):
+            out = super().forward(x, sample_cov, previous)
+            if self.training:
+                noise = 1.0 + 0.1 * torch.randn(out.mu.shape, dtype=out.mu.dtype)
+                return NetOutput(torch.softmax(out.mu * noise, -1), out.mu, out.cov, out.risk_aversion)
+            return out
+
+    states = []
+    for outside in (0, 1):
+        torch.manual_seed(0)
+        net = Noisy(3).double()
+        torch.manual_seed(outside)  # the caller's state differs; training must not depend on it
+        caller = torch.random.get_rng_state()
+        train(net, _data(market), TrainConfig(epochs=2, seed=3))
+        assert torch.equal(torch.random.get_rng_state(), caller)  # and is left as it was
+        states.append(net.state_dict())
+    for key in states[0]:
+        assert torch.equal(states[0][key], states[1][key])
