@@ -360,8 +360,8 @@ class E2EPortfolio:
             The price rows the strategy may see (``t-L .. t``); needs at least the feature warm-up plus
             ``window`` rows and ``cov_window + 1`` rows.
         current : ndarray of shape (n,), optional
-            Drifted weights before the trade (zeros or None before the first trade); used by a turnover limit,
-        which binds against ``1/n`` when there are none (the backtest charges that first trade against 0).
+            Drifted weights before the trade (zeros or None before the first trade); used by a turnover
+            limit, which binds against ``1/n`` when there are none (the backtest charges it against 0).
 
         Returns
         -------
