@@ -79,10 +79,11 @@ class MixingCell(nn.Module):
         """Tensor of shape (batch, n, n): symmetric normalized similarity of the assets' injections."""
         q = self.query(u)
         s = q @ q.transpose(-1, -2) / math.sqrt(q.shape[-1])
-        s = s - s.amax(dim=(-1, -2), keepdim=True).detach()  # a per-element constant keeps S symmetric
-        S = s.exp()
-        d = S.sum(-1).rsqrt()
-        return d.unsqueeze(-1) * S * d.unsqueeze(-2)
+        # D^-1/2 exp(s) D^-1/2 with D = diag(row sums), in log space: a row whose similarities are all far
+        # below another row's would otherwise underflow to a zero sum (an inf gradient). Every entry is <= 1
+        # because s_ij <= (s_ii + s_jj) / 2 <= (L_i + L_j) / 2.
+        L = torch.logsumexp(s, dim=-1)
+        return torch.exp(s - 0.5 * (L.unsqueeze(-1) + L.unsqueeze(-2)))
 
     def prepare(self, u: Tensor) -> dict[str, Tensor]:
         """Everything ``f`` needs that does not depend on ``z``, computed once per forward with autograd on.

@@ -138,3 +138,24 @@ def test_throw_and_damping_options():
     emb, sol = make(damping=0.3)(window(), **TIGHT)
     emb_ref, _ = make()(window(), **TIGHT)
     torch.testing.assert_close(emb, emb_ref, rtol=1e-8, atol=1e-8)  # same equilibrium
+
+
+def test_asset_graph_is_the_normalized_similarity_and_stable_for_far_apart_assets():
+    torch.manual_seed(0)
+    cell = MixingCell(6, d_key=4).double()
+    u = torch.randn(2, 5, 6, dtype=torch.float64)
+    S = torch.exp(cell.query(u) @ cell.query(u).transpose(-1, -2) / 2.0)  # sqrt(d_key) = 2
+    d = S.sum(-1).rsqrt()
+    torch.testing.assert_close(cell.graph(u), d.unsqueeze(-1) * S * d.unsqueeze(-2))
+    # One asset's key 80x longer than the others: the other rows' similarities are ~e^-1000 below its own,
+    # which underflowed a max-shifted exponential to zero row sums (NaN gradients in walk-forward training).
+    with torch.no_grad():
+        cell.query.weight.copy_(torch.eye(4, 6, dtype=torch.float64))
+        cell.query.bias.zero_()
+    u = torch.zeros(1, 3, 6, dtype=torch.float64)
+    u[0, 0, 0], u[0, 1, 1], u[0, 2, 2] = 80.0, 1.0, 1.0
+    u.requires_grad_()
+    A = cell.graph(u)
+    (grad,) = torch.autograd.grad(A.sum(), u)
+    assert torch.isfinite(A).all() and torch.isfinite(grad).all()
+    assert torch.allclose(A, A.transpose(-1, -2)) and float(A.max()) <= 1.0 + 1e-12
