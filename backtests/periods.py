@@ -15,6 +15,7 @@ import argparse
 from pathlib import Path
 
 import pandas as pd
+from seeds import mean_std, p_range  # the sibling script (its folder is on sys.path when run as a script)
 
 from portfolio_layers.backtest.metrics import sharpe, sharpe_difference_test
 
@@ -59,15 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(args.runs)} runs; net Sharpe (mean +- std), Sharpe - {args.benchmark}, JK p-value range\n")
     print("| period | strategy | Sharpe | Sharpe - benchmark | JK p |\n|---|---|---|---|---|")
     for (period, name), g in frame.groupby(["period", "strategy"], sort=False):
-        std = g["sharpe"].std(ddof=1) if len(g) > 1 else 0.0
-        cell = f"{g['sharpe'].mean():.3f}" + (f" ± {std:.3f}" if std >= 5e-4 else "")
-        p = g["p_value"]
-        p_cell = (
-            ""
-            if p.isna().all()
-            else f"{p.min():.2f}" + (f"-{p.max():.2f}" if p.max() - p.min() >= 0.005 else "")
-        )
-        print(f"| {period} | {name} | {cell} | {g['difference'].mean():+.3f} | {p_cell} |")
+        cells = [mean_std(g["sharpe"]), f"{g['difference'].mean():+.3f}", p_range(g["p_value"])]
+        print(f"| {period} | {name} | " + " | ".join(cells) + " |")
     return 0
 
 

@@ -32,39 +32,39 @@ from portfolio_layers.data import load_prices
 from portfolio_layers.data.atomic import atomic_write_text
 
 
+def mean_std(values: pd.Series) -> str:
+    """``"mean ± std"`` over seeds (std with ddof=1), or the mean alone when the values agree."""
+    mean, std = values.mean(), values.std(ddof=1) if len(values) > 1 else 0.0
+    return f"{mean:.3f}" if std < 5e-4 else f"{mean:.3f} ± {std:.3f}"
+
+
+def p_range(p: pd.Series) -> str:
+    """Range of p-values over seeds (empty for the benchmark itself)."""
+    if p.isna().all():
+        return ""
+    return f"{p.min():.2f}" if p.nunique() == 1 else f"{p.min():.2f}-{p.max():.2f}"
+
+
 def _summary(frame: pd.DataFrame, benchmark: str) -> str:
-    groups = frame.groupby("strategy", sort=False)
     lines = [
         "| strategy | " + " | ".join(METRIC_NAMES) + f" | Sharpe - {benchmark} | JK p-value |",
         "|---" * (len(METRIC_NAMES) + 3) + "|",
     ]
-    for name, g in groups:
-        cells = []
-        for metric in (*METRIC_NAMES, "sharpe_difference"):
-            mean, std = g[metric].mean(), g[metric].std(ddof=1) if len(g) > 1 else 0.0
-            cells.append(f"{mean:.3f}" if std < 5e-4 else f"{mean:.3f} ± {std:.3f}")
-        p = g["p_value"]
-        cells.append(
-            ""
-            if p.isna().all()
-            else (f"{p.min():.2f}" if p.nunique() == 1 else f"{p.min():.2f}-{p.max():.2f}")
-        )
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    for name, g in frame.groupby("strategy", sort=False):
+        cells = [mean_std(g[metric]) for metric in (*METRIC_NAMES, "sharpe_difference")]
+        lines.append(f"| {name} | " + " | ".join([*cells, p_range(g["p_value"])]) + " |")
     return "\n".join(lines)
-
-
-def _header(config: BacktestConfig, seeds: list[int]) -> str:
-    return (
-        f"{config.prices}, seeds {seeds}, cost {config.cost_bps:g} bps, rebalance {config.rebalance}, "
-        f"lookback {config.lookback}, retrain every {config.retrain_every} rows"
-    )
 
 
 def _write(out: Path, frame: pd.DataFrame, config: BacktestConfig) -> str:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "metrics_by_seed.csv", frame.to_csv(index=False))
     seeds = sorted(int(s) for s in frame["seed"].unique())
-    text = f"{_header(config, seeds)}\n\n{_summary(frame, config.benchmark)}\n"
+    text = (
+        f"{config.prices}, seeds {seeds}, cost {config.cost_bps:g} bps, rebalance {config.rebalance}, "
+        f"lookback {config.lookback}, retrain every {config.retrain_every} rows\n\n"
+        f"{_summary(frame, config.benchmark)}\n"
+    )
     atomic_write_text(out / "summary.md", text)
     return text
 
