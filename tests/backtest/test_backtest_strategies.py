@@ -103,9 +103,6 @@ def test_learned_strategy_import_failure_is_a_config_error(monkeypatch):
 
 
 def test_qp_layer_solver_agrees_with_clarabel():
-    qp = pytest.importorskip("portfolio_layers.qp")
-    if not hasattr(qp, "solve_qp"):
-        pytest.skip("portfolio_layers.qp.solve_qp is not available yet")
     p = _prices(n=6, seed=3)
     for name, params in (("min_variance", {"max_weight": 0.3}), ("mean_variance", {"risk_aversion": 2.0})):
         a = make_strategy(name, solver="clarabel", **params).weights(p, np.zeros(6))
