@@ -8,7 +8,6 @@ validation loss is kept. Everything random comes from ``TrainConfig.seed`` throu
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import logging
 import math
@@ -121,7 +120,7 @@ class TrainHistory:
     diagnostics : tuple of dict
         Per epoch: ``deq_iterations`` (mean), ``deq_residual`` (max relative residual), ``deq_failed``
         (elements not converged), ``qp_iterations`` (mean), ``qp_failed`` (solves not optimal), ``grad_norm``,
-        ``skipped_steps`` (steps with a non-finite loss or gradient, not applied).
+        ``skipped_steps`` (steps not applied: a non-finite loss or gradient, or a failed QP or DEQ solve).
     best_epoch : int
         Epoch whose state was kept (index into the curves); ``-1`` when no epoch beat the validation loss
         of the initial parameters, which are then kept.
@@ -274,7 +273,7 @@ def train(
     # seeded by config.seed, without touching the caller's random state.
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(config.seed)
-        history = _train_loop(net, data, config, train_rows, val_rows, generator, progress, desc)
+        history = _train_loop(net, data, config, train_rows, val_rows, generator, progress, desc, start)
     skipped = sum(d.get("skipped_steps", 0) for d in history.diagnostics)
     if skipped:
         logger.warning(
@@ -283,7 +282,7 @@ def train(
             desc,
             skipped,
         )
-    return dataclasses.replace(history, seconds=time.perf_counter() - start)
+    return history
 
 
 def _train_loop(
@@ -295,6 +294,7 @@ def _train_loop(
     generator: torch.Generator,
     progress: bool,
     desc: str,
+    start: float,
 ) -> TrainHistory:
     optimizer = torch.optim.Adam(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     train_curve: list[float] = []
@@ -350,7 +350,7 @@ def _train_loop(
         tuple(diagnostics),
         best_epoch=best[1],
         stopped_early=stopped,
-        seconds=0.0,
+        seconds=time.perf_counter() - start,
         n_train=len(train_rows),
         n_val=len(val_rows),
         initial_val_loss=initial_val,
