@@ -29,7 +29,7 @@ from portfolio_layers.backtest.metrics import METRIC_NAMES
 from portfolio_layers.backtest.output import save_result
 from portfolio_layers.backtest.strategies import LEARNED_STRATEGIES
 from portfolio_layers.data import load_prices
-from portfolio_layers.data.atomic import atomic_write_text
+from portfolio_layers.atomic import atomic_write_text
 
 
 def mean_std(values: pd.Series) -> str:

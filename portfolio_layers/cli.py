@@ -169,7 +169,7 @@ def _backtest(args: argparse.Namespace) -> int:
 
 
 def _download(args: argparse.Namespace) -> int:
-    from portfolio_layers.data.atomic import atomic_write_text
+    from portfolio_layers.atomic import atomic_write_text
     from portfolio_layers.data.yahoo import cache_path, default_cache_dir, download_prices
 
     tickers = [t for arg in args.tickers for t in arg.replace(",", " ").split()]

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from portfolio_layers.data.atomic import atomic_write_text
+from portfolio_layers.atomic import atomic_write_text
 
 if TYPE_CHECKING:
     from portfolio_layers.backtest.engine import BacktestResult

@@ -19,7 +19,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter, ScalarFormatter
 
-from portfolio_layers.data.atomic import atomic_write_text
+from portfolio_layers.atomic import atomic_write_text
 
 if TYPE_CHECKING:
     from portfolio_layers.backtest.engine import BacktestResult

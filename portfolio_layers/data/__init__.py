@@ -1,11 +1,10 @@
-"""Market data: embedded dataset, CSV and Yahoo Finance loaders, validation, features, atomic writes.
+"""Market data: embedded dataset, CSV and Yahoo Finance loaders, validation, features.
 
 Prices are date-indexed DataFrames, one column per asset (prices, not returns).
 """
 
 from __future__ import annotations
 
-from portfolio_layers.data.atomic import atomic_write_bytes, atomic_write_text
 from portfolio_layers.data.features import FeatureSet, price_features
 from portfolio_layers.data.loaders import EMBEDDED_DATASETS, load_embedded, load_prices, slice_dates
 from portfolio_layers.data.validation import MISSING_OPTIONS, validate_prices
@@ -16,8 +15,6 @@ __all__ = [
     "EMBEDDED_DATASETS",
     "FeatureSet",
     "MISSING_OPTIONS",
-    "atomic_write_bytes",
-    "atomic_write_text",
     "default_cache_dir",
     "download_prices",
     "load_embedded",

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from portfolio_layers.data.atomic import atomic_write_text
+from portfolio_layers.atomic import atomic_write_text
 from portfolio_layers.data.loaders import EMBEDDED_DATASETS
 from portfolio_layers.data.validation import validate_prices
 from portfolio_layers.errors import DataError, DataUnavailableError

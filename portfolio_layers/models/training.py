@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from portfolio_layers.data.atomic import atomic_write_bytes
+from portfolio_layers.atomic import atomic_write_bytes
 from portfolio_layers.errors import ConfigError, DataError
 from portfolio_layers.models.losses import LOSSES, PERIODS_PER_YEAR, mse_loss, portfolio_loss
 from portfolio_layers.models.samples import Batch, WindowData, drift_weights

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from portfolio_layers.data import atomic_write_text, validate_prices
+from portfolio_layers.data import validate_prices
 from portfolio_layers.errors import DataError
 
 
@@ -97,17 +97,3 @@ def test_non_numeric_column_and_non_date_index():
     q.index = ["a", "b", "c", "d", "e"]
     with pytest.raises(DataError, match="must hold dates"):
         validate_prices(q)
-
-
-def test_atomic_write_keeps_old_file_when_interrupted(tmp_path, monkeypatch):
-    target = tmp_path / "out.txt"
-    atomic_write_text(target, "old")
-
-    def boom(src, dst):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr("portfolio_layers.data.atomic.os.replace", boom)
-    with pytest.raises(KeyboardInterrupt):
-        atomic_write_text(target, "new content")
-    assert target.read_text() == "old"
-    assert [f.name for f in tmp_path.iterdir()] == ["out.txt"]  # no temporary file left behind
