@@ -1,8 +1,8 @@
 """Sampling frequency of a date index: how many return periods make a year.
 
-Annualised metrics (volatility ``std * sqrt(A)``, Sharpe ``mean * A / (std * sqrt(A))``) need the number ``A`` of
-periods per year. :func:`infer_periods_per_year` reads it from the dates; :func:`resolve_periods_per_year` takes a
-user's override instead when one is given.
+Annualised metrics (volatility ``std * sqrt(A)``, Sharpe ``mean * A / (std * sqrt(A))``) need the number
+``A`` of periods per year. :func:`infer_periods_per_year` reads it from the dates;
+:func:`resolve_periods_per_year` takes a user's override instead when one is given.
 
 The rule uses the median spacing ``m`` between consecutive dates, in calendar days, so that holidays, weekends
 and a few missing rows do not move it:
@@ -49,7 +49,14 @@ _FREQUENCIES = (
     ("annual", 1, (350.0, 380.0), (350.0, 380.0)),
 )
 
-_WORDS = {252: "daily", 365: "daily (7 days a week)", 52: "weekly", 12: "monthly", 4: "quarterly", 1: "annual"}
+_WORDS = {
+    252: "daily",
+    365: "daily (7 days a week)",
+    52: "weekly",
+    12: "monthly",
+    4: "quarterly",
+    1: "annual",
+}
 
 _ASK = "pass periods_per_year (for example 252 for daily, 52 for weekly, 12 for monthly returns)"
 
@@ -79,11 +86,14 @@ def infer_periods_per_year(index: pd.DatetimeIndex) -> int:
         )
     if len(index) < MIN_DATES:
         raise DataError(
-            f"cannot infer the data frequency from {len(index)} date(s) (at least {MIN_DATES} needed); {_ASK}."
+            f"cannot infer the data frequency from {len(index)} date(s) (at least {MIN_DATES} needed); "
+            f"{_ASK}."
         )
     days = np.asarray((index[1:] - index[:-1]) / pd.Timedelta(days=1), dtype=np.float64)
     if (days <= 0).any():
-        raise DataError("cannot infer the data frequency: the dates are not unique and increasing; sort them.")
+        raise DataError(
+            "cannot infer the data frequency: the dates are not unique and increasing; sort them."
+        )
     median = float(np.median(days))
     for name, periods, (lo, hi), (reg_lo, reg_hi) in _FREQUENCIES:
         if lo <= median <= hi:
@@ -128,7 +138,8 @@ def resolve_periods_per_year(index: pd.DatetimeIndex, override: int | float | No
         )
     if not math.isfinite(override) or override <= 0:
         raise ConfigError(
-            f"periods_per_year must be positive and finite (252 daily, 52 weekly, 12 monthly), got {override!r}."
+            "periods_per_year must be positive and finite (252 daily, 52 weekly, 12 monthly), "
+            f"got {override!r}."
         )
     return override
 
