@@ -18,6 +18,7 @@ the solution with that constraint held). Elements that were not solved get zero 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -25,25 +26,35 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from portfolio_layers.qp.ipm import InteriorPoint, IPMResult, IPMState
-from portfolio_layers.qp.kkt import AugmentedKKT, ReducedKKT
-from portfolio_layers.qp.polish import ActiveKKT, ActiveSet
+from portfolio_layers.qp.kkt import AugmentedKKT, ReducedKKT, mtv, mv
 from portfolio_layers.qp.problem import QPData
 from portfolio_layers.qp.solution import Status
+
+
+@dataclass
+class Carrier:
+    """What :meth:`IPMFunction.forward` computed besides ``x`` (a forward may only return tensors).
+
+    Pass an empty one to ``apply``; the forward fills it for the caller and for ``setup_context``.
+    """
+
+    data: QPData | None = None
+    result: IPMResult | None = None
 
 
 class IPMFunction(torch.autograd.Function):
     """``x = argmin 1/2 x'Px - q'x  s.t.  Ax = b, Gx <= h, lb <= x <= ub`` for flat batches.
 
-    ``apply(solver, holder, warm, P, q, A, b, G, h, lb, ub)`` with ``P (B, n, n)`` symmetric,
+    ``apply(solver, carrier, warm, P, q, A, b, G, h, lb, ub)`` with ``P (B, n, n)`` symmetric,
     ``q (B, n)``, ``A (B, p, n)``/``b (B, p)``, ``G (B, m, n)``/``h (B, m)`` or None, ``lb``/``ub``
     ``(B, n)`` with infinities where unbounded. Returns ``x (B, n)``; the full :class:`IPMResult` is
-    stored in ``holder["result"]``.
+    stored in ``carrier.result``.
     """
 
     @staticmethod
     def forward(
         solver: InteriorPoint,
-        holder: dict,
+        carrier: Carrier,
         warm: IPMState | None,
         P: Tensor,
         q: Tensor,
@@ -54,23 +65,20 @@ class IPMFunction(torch.autograd.Function):
         lb: Tensor,
         ub: Tensor,
     ) -> Tensor:
-        data = QPData(P, q, A, b, G, h, lb, ub, (P.shape[0],))
-        res = solver.solve(data, warm)
-        holder["result"] = res
-        holder["data"] = data
-        return res.state.x.clone()
+        carrier.data = QPData(P, q, A, b, G, h, lb, ub, (P.shape[0],))
+        carrier.result = solver.solve(carrier.data, warm)
+        return carrier.result.state.x.clone()
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
-        solver, holder = inputs[0], inputs[1]
+        solver, carrier = inputs[0], inputs[1]
         ctx.set_materialize_grads(True)
         if not any(ctx.needs_input_grad[3:]):
             return
-        data: QPData = holder["data"]
-        res: IPMResult = holder["result"]
+        data, res = carrier.data, carrier.result
         ctx.res, ctx.data = res, data
         polished = torch.zeros_like(res.status, dtype=torch.bool)
-        for idx, _, _ in res.polished:
+        for idx, _ in res.polished:
             polished[idx] = True
         rest = ((res.status == Status.SOLVED) & ~polished).nonzero().squeeze(-1)
         ctx.rest = rest
@@ -85,28 +93,21 @@ class IPMFunction(torch.autograd.Function):
         wy = None if d.A is None else torch.zeros_like(d.b)
         wl = None if d.G is None else torch.zeros_like(d.h)
         lower, upper = torch.zeros_like(gx, dtype=torch.bool), torch.zeros_like(gx, dtype=torch.bool)
-        for idx, act, K in ctx.res.polished:  # exact active-set adjoints, chunk by chunk
-            w = _adjoint_active(d.p, act, K, gx[idx])
-            wx[idx], lower[idx], upper[idx] = w[0], act.lower, act.upper
-            if wy is not None:
-                wy[idx] = w[1]
-            if wl is not None:
-                wl[idx] = w[2]
+        for idx, pol in ctx.res.polished:  # exact active-set adjoints, chunk by chunk
+            wx[idx], nu = pol.kkt.solve(gx[idx])
+            lower[idx], upper[idx] = pol.active.lower, pol.active.upper
+            _put_multipliers(d, idx, nu, wy, wl, pol.active.rows)
         # bound multipliers of the active sets, for the whole batch at once (zero where not polished)
-        t = gx - _mv(d.P, wx)
+        t = gx - mv(d.P, wx)
         if wy is not None:
-            t = t - _mtv(d.A, wy)
+            t = t - mtv(d.A, wy)
         if wl is not None:
-            t = t - _mtv(d.G, wl)
+            t = t - mtv(d.G, wl)
         glb, gub = torch.where(lower, t, 0.0), torch.where(upper, t, 0.0)
         if ctx.rest.numel():
             idx = ctx.rest
-            w = _adjoint_ipm(d.take(idx), st.take(idx), ctx.rest_kkt, gx[idx])
-            wx[idx], glb[idx], gub[idx] = w[0], w[3], w[4]
-            if wy is not None:
-                wy[idx] = w[1]
-            if wl is not None:
-                wl[idx] = w[2]
+            wx[idx], glb[idx], gub[idx], nu = _adjoint_ipm(d.take(idx), st.take(idx), ctx.rest_kkt, gx[idx])
+            _put_multipliers(d, idx, nu, wy, wl)
         x = st.x
         need = ctx.needs_input_grad
         gP = _outer(-wx, x) if need[3] else None
@@ -129,35 +130,33 @@ class IPMFunction(torch.autograd.Function):
         return None, None, None, gP, gq, gA, gb, gG, gh, glb if need[9] else None, gub if need[10] else None
 
 
-def _adjoint_active(p: int, act: ActiveSet, K: ActiveKKT, gx: Tensor) -> tuple:
-    """Adjoint of the active-set KKT system (exact derivative at a polished point): ``wx, wy, wl``."""
-    C = K.K.A
-    r2 = None if C is None else torch.zeros(gx.shape[0], C.shape[-2], dtype=gx.dtype, device=gx.device)
-    wx, nu = K.solve(gx, r2, steps=1)
-    wy = None if nu is None or p == 0 else nu[:, :p]
-    wl = None if act.rows is None else nu[:, p:] * act.rows.to(gx.dtype)
-    return wx, wy, wl
+def _put_multipliers(
+    d: QPData,
+    idx: Tensor,
+    nu: Tensor | None,
+    wy: Tensor | None,
+    wl: Tensor | None,
+    rows: Tensor | None = None,
+) -> None:
+    """Write the adjoint multipliers ``nu (k, p + m)`` of ``[A; G]`` into rows ``idx`` of ``wy``, ``wl``.
+
+    ``rows (k, m)`` (an active set's) zeroes the multipliers of the inactive inequality rows.
+    """
+    if wy is not None:
+        wy[idx] = nu[:, : d.p]
+    if wl is not None:
+        wl[idx] = nu[:, d.p :] if rows is None else nu[:, d.p :] * rows.to(nu.dtype)
 
 
-def _adjoint_ipm(d: QPData, st: IPMState, K: ReducedKKT | AugmentedKKT, gx: Tensor) -> tuple:
-    """Adjoint of the linearized KKT system at an interior-point iterate."""
-    wl = None
-    if d.G is None:
-        wx, wy = K.refined_solve(gx, None if d.A is None else torch.zeros_like(d.b), steps=1)
-    else:
-        wx, wy, wl = K.solve(gx)
+def _adjoint_ipm(
+    d: QPData, st: IPMState, K: ReducedKKT | AugmentedKKT, gx: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """Adjoint of the linearized KKT system at an interior-point iterate: ``wx``, ``glb``, ``gub``, ``nu``."""
+    wx, nu = K.solve(gx)
     ml, mu = torch.isfinite(d.lb), torch.isfinite(d.ub)
     glb = torch.where(ml, st.zl * wx / torch.where(ml, st.x - d.lb, 1.0), 0.0)
     gub = torch.where(mu, st.zu * wx / torch.where(mu, d.ub - st.x, 1.0), 0.0)
-    return wx, wy, wl, glb, gub
-
-
-def _mv(M: Tensor, v: Tensor) -> Tensor:
-    return (v.unsqueeze(-2) @ M.mT).squeeze(-2)  # faster than M @ v[..., None] on CPU
-
-
-def _mtv(M: Tensor, v: Tensor) -> Tensor:
-    return (v.unsqueeze(-2) @ M).squeeze(-2)
+    return wx, glb, gub, nu
 
 
 def _outer(u: Tensor, v: Tensor) -> Tensor:

@@ -19,14 +19,25 @@ import torch
 from torch import Tensor
 
 from portfolio_layers.errors import InputError
-from portfolio_layers.qp.kkt import AugmentedKKT, ReducedKKT, factor, factor_augmented, reduced_matrix
-from portfolio_layers.qp.polish import ActiveKKT, ActiveSet, guess_active, polish_corrected
-from portfolio_layers.qp.problem import QPData
+from portfolio_layers.qp.kkt import (
+    AugmentedKKT,
+    ReducedKKT,
+    factor,
+    factor_augmented,
+    mtv,
+    mv,
+    reduced_matrix,
+)
+from portfolio_layers.qp.polish import Polished, guess_active, polish_corrected
+from portfolio_layers.qp.problem import BatchRecord, Bounds, QPData
 from portfolio_layers.qp.solution import Status
+
+_UNDECIDED = -1
+"""Status code of an element still iterating (never returned)."""
 
 
 @dataclass(frozen=True)
-class IPMState:
+class IPMState(BatchRecord):
     """Iterate of the interior point for a batch ``B`` (also the result and a warm start).
 
     ``x (B, n)``, ``s``/``lam`` ``(B, m)`` (or None), ``zl``/``zu`` ``(B, n)``, ``y (B, p)`` (or None).
@@ -38,9 +49,6 @@ class IPMState:
     zl: Tensor
     zu: Tensor
     y: Tensor | None
-
-    def take(self, idx: Tensor) -> IPMState:
-        return IPMState(*(None if v is None else v.index_select(0, idx) for v in self._fields()))
 
     def put(self, idx: Tensor, other: IPMState) -> None:
         for dst, src in zip(self._fields(), other._fields(), strict=True):
@@ -61,8 +69,8 @@ class IPMResult:
     primal_residual: Tensor
     dual_residual: Tensor
     gap: Tensor
-    polished: list = field(default_factory=list)
-    """Chunks ``(batch indices, ActiveSet, ActiveKKT)`` of the elements finished by polishing."""
+    polished: list[tuple[Tensor, Polished]] = field(default_factory=list)
+    """Chunks ``(batch indices, Polished)`` of the elements finished by polishing (for the backward)."""
 
 
 @dataclass(frozen=True)
@@ -97,93 +105,91 @@ class InteriorPoint:
     def solve(self, data: QPData, warm_start: IPMState | None = None) -> IPMResult:
         """Solve the batch ``data`` (normalized as described in the module docstring)."""
         B, dt, dev = data.P.shape[0], data.P.dtype, data.P.device
-        ml, mu = torch.isfinite(data.lb), torch.isfinite(data.ub)
         if bool((data.lb == data.ub).any()):
             raise_equal_bounds(data)
-        lb0, ub0 = torch.where(ml, data.lb, 0.0), torch.where(mu, data.ub, 0.0)
-        ncomp = (data.m + ml.sum(-1) + mu.sum(-1)).to(dt).clamp_min(1.0)
-        pscale = 1.0 + _bscale(data)
-
-        status = torch.full((B,), -1, dtype=torch.int8, device=dev)
-        status[_presolve_infeasible(data, lb0, ub0, ml, mu, self.tol)] = Status.PRIMAL_INFEASIBLE
-        init = _initial_point(data, ml, mu, lb0, ub0) if warm_start is None else warm_start
+        bnd = Bounds.of(data)
+        status = torch.full((B,), _UNDECIDED, dtype=torch.int8, device=dev)
+        status[_presolve_infeasible(data, bnd, self.tol)] = Status.PRIMAL_INFEASIBLE
+        init = _initial_point(data, bnd) if warm_start is None else warm_start
         out = IPMState(*(None if v is None else v.clone() for v in init._fields()))
         iters = torch.zeros(B, dtype=torch.int32, device=dev)
         ws: dict[str, Tensor] = {}  # workspaces reused across iterations (the active batch only shrinks)
         pres, dres, gap = (torch.full((B,), torch.nan, dtype=dt, device=dev) for _ in range(3))
-        chunks: list[tuple[Tensor, ActiveSet, ActiveKKT]] = []
+        chunks: list[tuple[Tensor, Polished]] = []
 
-        idx = (status < 0).nonzero().squeeze(-1)
+        idx = (status == _UNDECIDED).nonzero().squeeze(-1)
         whole = idx.numel() == B  # the usual case: no copy of the batch
         sub, st = (data, init) if whole else (data.take(idx), init.take(idx))
-        sml, smu, slb, sub0, snc, sps = (v[idx] for v in (ml, mu, lb0, ub0, ncomp, pscale))
+        sb = bnd.take(idx)
         failed = torch.zeros(idx.numel(), dtype=torch.bool, device=dev)
         last_try = torch.full((idx.numel(),), torch.inf, dtype=dt, device=dev)
         for it in range(self.max_iter + 1):
             if idx.numel() == 0:
                 break
-            r = _residuals(sub, st, sml, smu, slb, sub0, snc)
-            code = torch.full_like(idx, -1, dtype=torch.int8)
-            code[(r.pres <= self.tol * sps) & (r.dres <= self.tol) & (r.mu <= self.tol)] = Status.SOLVED
+            r = _residuals(sub, st, sb)
+            code = torch.full_like(idx, _UNDECIDED, dtype=torch.int8)
+            code[r.below(self.tol, sb.pscale)] = Status.SOLVED
             if self.polish_mu > 0:
-                near = (
-                    (r.pres <= self.polish_mu * sps) & (r.dres <= self.polish_mu) & (r.mu <= self.polish_mu)
-                )
-                try_ = (code == Status.SOLVED) | ((code < 0) & near & (r.mu <= 0.1 * last_try))
+                near = r.below(self.polish_mu, sb.pscale) & (r.mu <= 0.1 * last_try)
+                try_ = (code == Status.SOLVED) | ((code == _UNDECIDED) & near)
                 if bool(try_.any()):
                     t = try_.nonzero().squeeze(-1)
                     last_try[t] = r.mu[t]
-                    st, r, good = self._polish(sub, st, r, t, sml, smu, slb, sub0, snc, chunks, idx)
-                    code[good] = Status.SOLVED
-            undecided = code < 0
-            code[undecided & _farkas(sub, st, r, sml, smu, slb, sub0)] = Status.PRIMAL_INFEASIBLE
-            code[(code < 0) & _unbounded(sub, st, r)] = Status.DUAL_INFEASIBLE
-            code[(code < 0) & (failed | ~r.finite)] = Status.NUMERICAL_ERROR
+                    st, r, parts = self._polish(sub, sb, st, r, t)
+                    for rows, pol in parts:
+                        code[rows] = Status.SOLVED
+                        chunks.append((idx[rows], pol))
+            code[(code == _UNDECIDED) & _farkas(sub, st, sb)] = Status.PRIMAL_INFEASIBLE
+            code[(code == _UNDECIDED) & _unbounded(sub, st)] = Status.DUAL_INFEASIBLE
+            code[(code == _UNDECIDED) & (failed | ~r.finite)] = Status.NUMERICAL_ERROR
             if it == self.max_iter:
-                code[code < 0] = Status.MAX_ITER
-            done = code >= 0
+                code[code == _UNDECIDED] = Status.MAX_ITER
+            done = code != _UNDECIDED
             if bool(done.any()):
                 d = done.nonzero().squeeze(-1)
                 gi = idx[d]
                 out.put(gi, st.take(d))
                 status[gi], iters[gi] = code[d], it
-                pres[gi], dres[gi], gap[gi] = r.pres[d], r.dres[d], r.mu[d] * snc[d]
+                pres[gi], dres[gi], gap[gi] = r.pres[d], r.dres[d], r.mu[d] * sb.pairs[d]
                 keep = (~done).nonzero().squeeze(-1)
                 idx = idx[keep]
                 if idx.numel() == 0:
                     break
-                sub, st, r, last_try = sub.take(keep), st.take(keep), r.take(keep), last_try[keep]
-                sml, smu, slb, sub0, snc, sps = (v[keep] for v in (sml, smu, slb, sub0, snc, sps))
-            st, failed = self._step(sub, st, r, sml, smu, snc, ws)
+                sub, sb, st, r = (v.take(keep) for v in (sub, sb, st, r))
+                last_try = last_try[keep]
+            st, failed = self._step(sub, sb, st, r, ws)
         return IPMResult(out, status, iters, pres, dres, gap, chunks)
 
-    def _polish(self, sub, st, r, t, sml, smu, slb, sub0, snc, chunks, idx):
-        """Try active-set polishing on the rows ``t`` of the active batch; returns updated st, r, mask."""
-        d = sub.take(t)
-        s_t = st.take(t)
-        act = guess_active(d, s_t.x, s_t.s, s_t.lam, s_t.zl, s_t.zu)
-        good = torch.zeros(st.x.shape[0], dtype=torch.bool, device=st.x.device)
-        parts = polish_corrected(d, act, self.shift, self.polish_eps)
-        if not parts:
-            return st, r, good
-        full = IPMState(*(None if v is None else v.clone() for v in st._fields()))
-        for k, pol in parts:
-            rows = t[k]
-            good[rows] = True
-            s_new = None if d.G is None else (d.h[k] - _mv(d.G[k], pol.x)).clamp_min(0.0)
-            full.put(rows, IPMState(pol.x, s_new, pol.lam, pol.zl, pol.zu, pol.y))
-            chunks.append((idx[rows], pol.active, pol.kkt))
-        g = good.nonzero().squeeze(-1)  # residuals of all polished points at once
-        r_new = _residuals(sub.take(g), full.take(g), sml[g], smu[g], slb[g], sub0[g], snc[g])
-        r_fields = [
-            None if a is None else a.index_copy(0, g, b)
-            for a, b in zip(r.__dict__.values(), r_new.__dict__.values(), strict=True)
-        ]
-        return full, _Residuals(*r_fields), good
+    def _polish(
+        self, d: QPData, bnd: Bounds, st: IPMState, r: _Residuals, t: Tensor
+    ) -> tuple[IPMState, _Residuals, list[tuple[Tensor, Polished]]]:
+        """Try active-set polishing on the elements ``t`` of the batch.
 
-    def _step(self, d: QPData, st: IPMState, r: _Residuals, ml: Tensor, mu: Tensor, ncomp: Tensor, ws: dict):
+        Returns the state and residuals with the accepted polished points put in, and the accepted
+        chunks ``(indices into the batch, Polished)``.
+        """
+        dt, s_t = d.take(t), st.take(t)
+        act = guess_active(dt, s_t.x, s_t.s, s_t.lam, s_t.zl, s_t.zu)
+        parts = [(t[k], pol) for k, pol in polish_corrected(dt, act, self.shift, self.polish_eps)]
+        if not parts:
+            return st, r, parts
+        good = torch.zeros(st.x.shape[0], dtype=torch.bool, device=st.x.device)
+        full = IPMState(*(None if v is None else v.clone() for v in st._fields()))
+        for rows, pol in parts:
+            good[rows] = True
+            s_new = None if d.G is None else (d.h[rows] - mv(d.G[rows], pol.x)).clamp_min(0.0)
+            full.put(rows, IPMState(pol.x, s_new, pol.lam, pol.zl, pol.zu, pol.y))
+        g = good.nonzero().squeeze(-1)  # residuals of all polished points at once
+        r_new = _residuals(d.take(g), full.take(g), bnd.take(g))
+        merged = (
+            None if a is None else a.index_copy(0, g, b)
+            for a, b in zip(vars(r).values(), vars(r_new).values(), strict=True)
+        )
+        return full, _Residuals(*merged), parts
+
+    def _step(self, d: QPData, bnd: Bounds, st: IPMState, r: _Residuals, ws: dict) -> tuple[IPMState, Tensor]:
         """One predictor-corrector step; returns the new state and a factorization-failure mask."""
-        fl, fu = ml.to(d.P.dtype), mu.to(d.P.dtype)
+        fl, fu = bnd.has_lb.to(d.P.dtype), bnd.has_ub.to(d.P.dtype)
         dG = None if d.G is None else st.lam / st.s
         k = d.P.shape[0]
         if "H" not in ws:  # reused memory: fresh 5 MB buffers each iteration cost page faults
@@ -193,16 +199,16 @@ class InteriorPoint:
         aff = _direction(
             K, d, st, r, st.s * st.lam if d.G is not None else None, fl * r.tl * st.zl, fu * r.tu * st.zu
         )
-        a_aff = _max_step(st, r, aff, ml, mu, 1.0)
+        a_aff = _max_step(st, r, aff, bnd, 1.0)
         comp = _complementarity(st, r, aff, a_aff, fl, fu)
-        ratio = comp / (r.mu * ncomp).clamp_min(torch.finfo(comp.dtype).tiny)
+        ratio = comp / (r.mu * bnd.pairs).clamp_min(torch.finfo(comp.dtype).tiny)
         sigma = torch.where(r.mu > 0, ratio.clamp(0.0, 1.0).pow(3), 0.0)
         sm = (sigma * r.mu).unsqueeze(-1)
         rs = None if d.G is None else st.s * st.lam + aff.s * aff.lam - sm
         rl = fl * (r.tl * st.zl + aff.x * aff.zl - sm)
         ru = fu * (r.tu * st.zu - aff.x * aff.zu - sm)
         cor = _direction(K, d, st, r, rs, rl, ru)
-        a = _max_step(st, r, cor, ml, mu, self.step_fraction).unsqueeze(-1)
+        a = _max_step(st, r, cor, bnd, self.step_fraction).unsqueeze(-1)
         new = IPMState(
             st.x + a * cor.x,
             None if d.G is None else st.s + a * cor.s,
@@ -211,13 +217,7 @@ class InteriorPoint:
             st.zu + a * cor.zu,
             None if d.A is None else st.y + a * cor.y,
         )
-        finite = (
-            torch.isfinite(new.x).all(-1) & torch.isfinite(new.zl).all(-1) & torch.isfinite(new.zu).all(-1)
-        )
-        if new.s is not None:
-            finite &= torch.isfinite(new.s).all(-1) & torch.isfinite(new.lam).all(-1)
-        if new.y is not None:
-            finite &= torch.isfinite(new.y).all(-1)
+        finite = torch.stack([torch.isfinite(v).all(-1) for v in new._fields() if v is not None]).all(0)
         bad = ~K.ok | ~finite
         if bool(bad.any()):  # keep the last finite iterate of a failing element
             keep = bad.unsqueeze(-1)
@@ -232,21 +232,19 @@ class InteriorPoint:
     def factor_at(self, data: QPData, state: IPMState) -> ReducedKKT | AugmentedKKT:
         """The KKT factorization at ``state`` used by the implicit backward.
 
-        Without general inequalities: the reduced Cholesky (kept with ``H`` for refinement). With
+        Without general inequalities: the reduced Cholesky (with refinement). With
         them: an LDL' of the augmented system (see :class:`~portfolio_layers.qp.kkt.AugmentedKKT`).
         """
-        ml, mu = torch.isfinite(data.lb), torch.isfinite(data.ub)
-        dt = data.P.dtype
-        tl = torch.where(ml, state.x - torch.where(ml, data.lb, 0.0), 1.0)
-        tu = torch.where(mu, torch.where(mu, data.ub, 0.0) - state.x, 1.0)
-        d_x = ml.to(dt) * state.zl / tl + mu.to(dt) * state.zu / tu
+        bnd, dt = Bounds.of(data), data.P.dtype
+        tl, tu = bnd.slacks(state.x)
+        d_x = bnd.has_lb.to(dt) * state.zl / tl + bnd.has_ub.to(dt) * state.zu / tu
         if data.G is not None:
             return factor_augmented(data.P, d_x, data.A, data.G, state.s / state.lam, self.shift)
-        return factor(reduced_matrix(data.P, None, None, d_x), data.A, self.shift, keep=True)
+        return factor(reduced_matrix(data.P, None, None, d_x), data.A, self.shift, refine=True)
 
 
 @dataclass(frozen=True)
-class _Residuals:
+class _Residuals(BatchRecord):
     rd: Tensor
     rp: Tensor | None
     rg: Tensor | None
@@ -257,51 +255,42 @@ class _Residuals:
     dres: Tensor
     finite: Tensor
 
-    def take(self, idx: Tensor) -> _Residuals:
-        vals = [None if v is None else v.index_select(0, idx) for v in self.__dict__.values()]
-        return _Residuals(*vals)
+    def below(self, tol: float, pscale: Tensor) -> Tensor:
+        """Elements with ``pres <= tol * pscale``, ``dres <= tol`` and ``mu <= tol``, shape (B,)."""
+        return (self.pres <= tol * pscale) & (self.dres <= tol) & (self.mu <= tol)
 
 
-def _mv(M: Tensor, v: Tensor) -> Tensor:
-    return (v.unsqueeze(-2) @ M.mT).squeeze(-2)  # faster than M @ v[..., None] on CPU
-
-
-def _mtv(M: Tensor, v: Tensor) -> Tensor:
-    return (v.unsqueeze(-2) @ M).squeeze(-2)
-
-
-def _residuals(d: QPData, st: IPMState, ml, mu, lb0, ub0, ncomp) -> _Residuals:
-    rd = _mv(d.P, st.x) - d.q - st.zl + st.zu
-    pres = torch.zeros_like(ncomp)
+def _residuals(d: QPData, st: IPMState, bnd: Bounds) -> _Residuals:
+    rd = mv(d.P, st.x) - d.q - st.zl + st.zu
+    pres = torch.zeros_like(bnd.pairs)
     rp = rg = None
-    comp = (torch.where(ml, st.x - lb0, 0.0) * st.zl).sum(-1) + (
-        torch.where(mu, ub0 - st.x, 0.0) * st.zu
+    comp = (torch.where(bnd.has_lb, st.x - bnd.lb, 0.0) * st.zl).sum(-1) + (
+        torch.where(bnd.has_ub, bnd.ub - st.x, 0.0) * st.zu
     ).sum(-1)
     if d.A is not None:
-        rd = rd + _mtv(d.A, st.y)
-        rp = _mv(d.A, st.x) - d.b
+        rd = rd + mtv(d.A, st.y)
+        rp = mv(d.A, st.x) - d.b
         pres = torch.maximum(pres, rp.abs().amax(-1))
     if d.G is not None:
-        rd = rd + _mtv(d.G, st.lam)
-        rg = _mv(d.G, st.x) + st.s - d.h
+        rd = rd + mtv(d.G, st.lam)
+        rg = mv(d.G, st.x) + st.s - d.h
         pres = torch.maximum(pres, rg.abs().amax(-1))
         comp = comp + (st.s * st.lam).sum(-1)
-    tl = torch.where(ml, st.x - lb0, 1.0)
-    tu = torch.where(mu, ub0 - st.x, 1.0)
+    tl, tu = bnd.slacks(st.x)
     dres = rd.abs().amax(-1)
     finite = torch.isfinite(dres) & torch.isfinite(pres) & torch.isfinite(comp)
-    return _Residuals(rd, rp, rg, tl, tu, comp / ncomp, pres, dres, finite)
+    return _Residuals(rd, rp, rg, tl, tu, comp / bnd.pairs, pres, dres, finite)
 
 
 def _direction(K: ReducedKKT, d: QPData, st: IPMState, r: _Residuals, rs, rl, ru) -> IPMState:
     """Newton direction for complementarity targets ``rs`` (ineq), ``rl``/``ru`` (bounds)."""
     rhs = -r.rd - rl / r.tl + ru / r.tu
     if d.G is not None:
-        rhs = rhs - _mtv(d.G, (st.lam * r.rg - rs) / st.s)
+        rhs = rhs - mtv(d.G, (st.lam * r.rg - rs) / st.s)
     dx, dy = K.solve(rhs, None if d.A is None else -r.rp)
     ds = dlam = None
     if d.G is not None:
-        ds = -r.rg - _mv(d.G, dx)
+        ds = -r.rg - mv(d.G, dx)
         dlam = (-rs - st.lam * ds) / st.s
     dzl = _present(st.zl) * (-rl - st.zl * dx) / r.tl
     dzu = _present(st.zu) * (-ru + st.zu * dx) / r.tu
@@ -313,10 +302,10 @@ def _present(z: Tensor) -> Tensor:
     return (z > 0).to(z.dtype)
 
 
-def _max_step(st: IPMState, r: _Residuals, dd: IPMState, ml, mu, frac: float) -> Tensor:
+def _max_step(st: IPMState, r: _Residuals, dd: IPMState, bnd: Bounds, frac: float) -> Tensor:
     """Largest step (times ``frac``, at most 1) keeping every slack and multiplier positive."""
     vs = [r.tl, r.tu, st.zl, st.zu]  # one concatenated ratio test: few ops on small tensors
-    ds = [torch.where(ml, dd.x, 0.0), torch.where(mu, -dd.x, 0.0), dd.zl, dd.zu]
+    ds = [torch.where(bnd.has_lb, dd.x, 0.0), torch.where(bnd.has_ub, -dd.x, 0.0), dd.zl, dd.zu]
     if st.s is not None:
         vs += [st.s, st.lam]
         ds += [dd.s, dd.lam]
@@ -335,31 +324,25 @@ def _complementarity(st: IPMState, r: _Residuals, dd: IPMState, a: Tensor, fl, f
     return c
 
 
-def _bscale(d: QPData) -> Tensor:
-    s = torch.zeros(d.P.shape[0], dtype=d.P.dtype, device=d.P.device)
-    for v in (d.b, d.h):
-        if v is not None and v.shape[-1] > 0:
-            s = torch.maximum(s, v.abs().amax(-1))
-    return s
-
-
-def _initial_point(d: QPData, ml, mu, lb0, ub0) -> IPMState:
+def _initial_point(d: QPData, bnd: Bounds) -> IPMState:
     """Centre of the box (or 1 inside a one-sided bound), unit multipliers, slacks >= 1."""
+    ml, mu, lb0, ub0 = bnd.has_lb, bnd.has_ub, bnd.lb, bnd.ub
     both = ml & mu
     x = torch.where(both, 0.5 * (lb0 + ub0), torch.where(ml, lb0 + 1.0, torch.where(mu, ub0 - 1.0, 0.0)))
     one = torch.ones_like(x)
     zl, zu = torch.where(ml, one, 0.0), torch.where(mu, one, 0.0)
     s = lam = y = None
     if d.G is not None:
-        s = (d.h - _mv(d.G, x)).clamp_min(1.0)
+        s = (d.h - mv(d.G, x)).clamp_min(1.0)
         lam = torch.ones_like(s)
     if d.A is not None:
         y = torch.zeros_like(d.b)
     return IPMState(x, s, lam, zl, zu, y)
 
 
-def _presolve_infeasible(d: QPData, lb0, ub0, ml, mu, tol: float) -> Tensor:
+def _presolve_infeasible(d: QPData, bnd: Bounds, tol: float) -> Tensor:
     """Elements whose bounds alone contradict a constraint row (a quick, exact test)."""
+    ml, mu, lb0, ub0 = bnd.has_lb, bnd.has_ub, bnd.lb, bnd.ub
     bad = (d.lb > d.ub).any(-1)
     for M, rhs, eq in ((d.A, d.b, True), (d.G, d.h, False)):
         if M is None:
@@ -376,32 +359,32 @@ def _presolve_infeasible(d: QPData, lb0, ub0, ml, mu, tol: float) -> Tensor:
     return bad
 
 
-def _farkas(d: QPData, st: IPMState, r: _Residuals, ml, mu, lb0, ub0) -> Tensor:
+def _farkas(d: QPData, st: IPMState, bnd: Bounds) -> Tensor:
     """Elements whose normalized multipliers are a certificate of primal infeasibility."""
     nrm = torch.maximum(st.zl.abs().amax(-1), st.zu.abs().amax(-1))
-    cert_b = (ub0 * st.zu).sum(-1) - (lb0 * st.zl).sum(-1)
+    cert_b = (bnd.ub * st.zu).sum(-1) - (bnd.lb * st.zl).sum(-1)
     cert_r = st.zu - st.zl
     if d.A is not None:
         nrm = torch.maximum(nrm, st.y.abs().amax(-1))
         cert_b = cert_b + (d.b * st.y).sum(-1)
-        cert_r = cert_r + _mtv(d.A, st.y)
+        cert_r = cert_r + mtv(d.A, st.y)
     if d.G is not None:
         nrm = torch.maximum(nrm, st.lam.abs().amax(-1))
         cert_b = cert_b + (d.h * st.lam).sum(-1)
-        cert_r = cert_r + _mtv(d.G, st.lam)
+        cert_r = cert_r + mtv(d.G, st.lam)
     nrm = nrm.clamp_min(1.0)
     big = nrm > 1e6
     return big & (cert_r.abs().amax(-1) <= 1e-6 * nrm) & (cert_b < -1e-6 * nrm)
 
 
-def _unbounded(d: QPData, st: IPMState, r: _Residuals) -> Tensor:
+def _unbounded(d: QPData, st: IPMState) -> Tensor:
     """Elements whose primal iterate diverges along a direction of descent with ``P d ~ 0``."""
     nx = st.x.abs().amax(-1)
     big = nx > 1e8
     if not bool(big.any()):  # skips the matrix-vector product in the usual case
         return big
     xn = st.x / nx.clamp_min(1.0).unsqueeze(-1)
-    return big & (_mv(d.P, xn).abs().amax(-1) <= 1e-6) & ((d.q * xn).sum(-1) > 0)
+    return big & (mv(d.P, xn).abs().amax(-1) <= 1e-6) & ((d.q * xn).sum(-1) > 0)
 
 
 def raise_equal_bounds(d: QPData) -> None:
@@ -420,18 +403,18 @@ def warm_state(d: QPData, x: Tensor, duals: IPMState | None, margin: float = 1e-
     floored at ``margin`` (multipliers from ``duals`` when given, else 1), so the interior point can
     move. ``duals`` must already be in the normalized units of ``d``.
     """
-    ml, mu = torch.isfinite(d.lb), torch.isfinite(d.ub)
-    lb0, ub0 = torch.where(ml, d.lb, 0.0), torch.where(mu, d.ub, 0.0)
+    bnd = Bounds.of(d)
+    ml, mu, lb0, ub0 = bnd.has_lb, bnd.has_ub, bnd.lb, bnd.ub
     width = torch.where(ml & mu, (ub0 - lb0).clamp(max=1.0), 1.0)
     x = torch.where(ml, torch.maximum(x, lb0 + margin * width), x)
     x = torch.where(mu, torch.minimum(x, ub0 - margin * width), x)
-    base = _initial_point(d, ml, mu, lb0, ub0)
+    base = _initial_point(d, bnd)
     src = base if duals is None else duals
     zl = torch.where(ml, src.zl.clamp_min(margin), 0.0)
     zu = torch.where(mu, src.zu.clamp_min(margin), 0.0)
     s = lam = None
     if d.G is not None:
-        s = (d.h - _mv(d.G, x)).clamp_min(margin)
+        s = (d.h - mv(d.G, x)).clamp_min(margin)
         lam = src.lam.clamp_min(margin)
     y = None if d.A is None else src.y
     return IPMState(x, s, lam, zl, zu, y)

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from portfolio_layers.errors import ConfigError, NotPSDError, ShapeError
-from portfolio_layers.qp.autograd import IPMFunction
+from portfolio_layers.qp.autograd import Carrier, IPMFunction
 from portfolio_layers.qp.constraints import LinearConstraints, lift
 from portfolio_layers.qp.ipm import InteriorPoint, IPMState, warm_state
 from portfolio_layers.qp.problem import QPData, canonicalize
@@ -117,9 +117,9 @@ def _solve_ipm(data: QPData, tol: float, max_iter: int, warm_start: QPSolution |
         polish_mu=1e-3,
         polish_eps=1e-9 if f64 else 1e-5,
     )
-    holder: dict = {}
-    x = IPMFunction.apply(solver, holder, warm, Ps, qs, *data.tensors()[2:])
-    res = holder["result"]
+    carrier = Carrier()
+    x = IPMFunction.apply(solver, carrier, warm, Ps, qs, *data.tensors()[2:])
+    res = carrier.result
     st: IPMState = res.state
     shape = data.batch_shape
 

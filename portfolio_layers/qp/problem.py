@@ -8,7 +8,8 @@ autograd sums the gradients of a broadcast input over the batch.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -19,6 +20,22 @@ _EXPECTED = (
     "expected P (*batch, n, n), q (*batch, n), A (*batch, p, n), b (*batch, p), G (*batch, m, n), "
     "h (*batch, m), lb/ub scalar, (n,) or (*batch, n); batch dimensions may be omitted"
 )
+
+
+class BatchRecord:
+    """Mixin for a frozen dataclass of per-element fields (leading dimension ``B``) with :meth:`take`."""
+
+    def take(self, idx: Tensor) -> Any:
+        """The same record for the sub-batch ``idx`` (a 1-D index tensor).
+
+        Tensor fields are indexed along their first dimension, nested records are taken, other
+        fields (``None``, sizes) are kept.
+        """
+
+        def t(v: object) -> object:
+            return v[idx] if isinstance(v, Tensor) else v.take(idx) if isinstance(v, BatchRecord) else v
+
+        return replace(self, **{f.name: t(getattr(self, f.name)) for f in fields(self)})
 
 
 @dataclass(frozen=True)
@@ -80,6 +97,50 @@ class QPData:
 
     def tensors(self) -> tuple[Tensor | None, ...]:
         return (self.P, self.q, self.A, self.b, self.G, self.h, self.lb, self.ub)
+
+
+@dataclass(frozen=True)
+class Bounds(BatchRecord):
+    """The bounds of a batch as masks and zero-filled values, with two per-element scales of the solver.
+
+    Attributes
+    ----------
+    has_lb, has_ub : Tensor of shape (B, n), dtype bool
+        Where the bound is finite.
+    lb, ub : Tensor of shape (B, n)
+        The bounds, 0 where infinite.
+    pairs : Tensor of shape (B,)
+        Number of complementarity pairs (``m`` + finite bounds, at least 1): ``mu = gap / pairs``.
+    pscale : Tensor of shape (B,)
+        ``1 + max(|b|, |h|)``, the scale of the primal tolerance.
+    """
+
+    has_lb: Tensor
+    has_ub: Tensor
+    lb: Tensor
+    ub: Tensor
+    pairs: Tensor
+    pscale: Tensor
+
+    @classmethod
+    def of(cls, d: QPData) -> Bounds:
+        """The bounds of ``d``."""
+        ml, mu = torch.isfinite(d.lb), torch.isfinite(d.ub)
+        pairs = (d.m + ml.sum(-1) + mu.sum(-1)).to(d.P.dtype).clamp_min(1.0)
+        return cls(ml, mu, torch.where(ml, d.lb, 0.0), torch.where(mu, d.ub, 0.0), pairs, 1.0 + _bscale(d))
+
+    def slacks(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``x - lb`` and ``ub - x`` for ``x (B, n)``, 1 where the bound is infinite."""
+        return torch.where(self.has_lb, x - self.lb, 1.0), torch.where(self.has_ub, self.ub - x, 1.0)
+
+
+def _bscale(d: QPData) -> Tensor:
+    """``max(|b|, |h|)`` per element (0 without constraint rows)."""
+    s = torch.zeros(d.P.shape[0], dtype=d.P.dtype, device=d.P.device)
+    for v in (d.b, d.h):
+        if v is not None and v.shape[-1] > 0:
+            s = torch.maximum(s, v.abs().amax(-1))
+    return s
 
 
 def _as_tensor(name: str, v: object, like: Tensor) -> Tensor:

@@ -3,48 +3,40 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import IntEnum
 
-import torch
 from torch import Tensor
 
-from portfolio_layers.errors import ConvergenceError, InfeasibleError, SolverError
+from portfolio_layers.errors import ConvergenceError, InfeasibleError, SolverError, StatusCode
 
 
-class Status(IntEnum):
+class Status(StatusCode):
     """Outcome of a solve for one batch element (stored as ``int8`` in ``QPSolution.status``)."""
 
-    SOLVED = 0
-    MAX_ITER = 1
-    PRIMAL_INFEASIBLE = 2
-    DUAL_INFEASIBLE = 3
-    NUMERICAL_ERROR = 4
-
-    @property
-    def message(self) -> str:
-        """A human-readable explanation with a suggested fix."""
-        return _MESSAGES[self]
-
-
-_MESSAGES = {
-    Status.SOLVED: "solved to the requested tolerance",
-    Status.MAX_ITER: (
+    SOLVED = 0, "solved to the requested tolerance"
+    MAX_ITER = (
+        1,
         "hit max_iter before reaching the tolerance; raise max_iter, loosen tol, or rescale the "
-        "problem (entries of P, q, A, G of very different magnitudes slow the interior point down)"
-    ),
-    Status.PRIMAL_INFEASIBLE: (
+        "problem (entries of P, q, A, G of very different magnitudes slow the interior point down)",
+        ConvergenceError,
+    )
+    PRIMAL_INFEASIBLE = (
+        2,
         "the constraints admit no solution (a Farkas certificate was found); for example a cap ub "
-        "with n * ub < 1 under a full-investment constraint: relax the bounds or the constraints"
-    ),
-    Status.DUAL_INFEASIBLE: (
+        "with n * ub < 1 under a full-investment constraint: relax the bounds or the constraints",
+        InfeasibleError,
+    )
+    DUAL_INFEASIBLE = (
+        3,
         "the problem is unbounded (the iterates diverge); add bounds, a leverage limit, or make P "
-        "positive definite"
-    ),
-    Status.NUMERICAL_ERROR: (
+        "positive definite",
+        SolverError,
+    )
+    NUMERICAL_ERROR = (
+        4,
         "numerical failure (non-finite iterates or a factorization that failed after regularization); "
-        "check the conditioning of P and of the constraint rows, or use float64"
-    ),
-}
+        "check the conditioning of P and of the constraint rows, or use float64",
+        SolverError,
+    )
 
 
 @dataclass(frozen=True)
@@ -84,35 +76,17 @@ class QPSolution:
     @property
     def ok(self) -> bool:
         """True when every batch element is :attr:`Status.SOLVED`."""
-        return bool((self.status == Status.SOLVED).all())
+        return not bool(Status.failed(self.status).any())
 
     def messages(self) -> list[str]:
         """One message per distinct non-solved status, naming the batch indices."""
-        out = []
-        for code in torch.unique(self.status).tolist():
-            if code == Status.SOLVED:
-                continue
-            idx = [tuple(i) for i in torch.nonzero(self.status == code).tolist()]
-            out.append(f"{Status(code).name} at batch indices {_fmt(idx)}: {Status(code).message}")
-        return out
+        return Status.describe(self.status)
 
     def raise_on_failure(self) -> None:
-        """Raise the matching :class:`~portfolio_layers.errors.SolverError` if any element failed."""
-        bad = self.status != Status.SOLVED
-        if not bool(bad.any()):
-            return
-        idx = [tuple(i) for i in torch.nonzero(bad).tolist()]
-        codes = set(torch.unique(self.status[bad]).tolist())
-        text = "solve_qp failed: " + "; ".join(self.messages())
-        if codes == {Status.PRIMAL_INFEASIBLE}:
-            raise InfeasibleError(text, idx)
-        if codes == {Status.MAX_ITER}:
-            raise ConvergenceError(text, idx)
-        raise SolverError(text + " (pass throw=False to get the statuses instead)", idx)
+        """Raise the matching :class:`~portfolio_layers.errors.SolverError` if any element failed.
 
-
-def _fmt(idx: list[tuple[int, ...]], limit: int = 10) -> str:
-    shown = ", ".join(str(i[0]) if len(i) == 1 else str(i) for i in idx[:limit])
-    if not idx or idx[0] == ():
-        return "() (unbatched)"
-    return f"[{shown}{', ...' if len(idx) > limit else ''}] ({len(idx)} in all)"
+        :class:`~portfolio_layers.errors.InfeasibleError` when every failure is infeasible,
+        :class:`~portfolio_layers.errors.ConvergenceError` when every failure hit ``max_iter``,
+        else :class:`~portfolio_layers.errors.SolverError`; the error names the batch indices.
+        """
+        Status.raise_for(self.status, "solve_qp", hint="Or pass throw=False to get the statuses instead.")
