@@ -24,12 +24,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from portfolio_layers.atomic import atomic_write_text
 from portfolio_layers.backtest import BacktestConfig, run_backtest
 from portfolio_layers.backtest.metrics import METRIC_NAMES
 from portfolio_layers.backtest.output import save_result
-from portfolio_layers.backtest.strategies import LEARNED_STRATEGIES
 from portfolio_layers.data import load_prices
-from portfolio_layers.atomic import atomic_write_text
+from portfolio_layers.registry import build_strategies, strategy_parameters
 
 
 def mean_std(values: pd.Series) -> str:
@@ -81,10 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     config = BacktestConfig.from_toml(args.config)
     if args.strategies:
-        names = tuple(s.strip() for s in args.strategies.split(","))
-        config = config.override(
-            strategies=names, params={k: v for k, v in config.params.items() if k in names}
-        )
+        config = config.with_strategies(s.strip() for s in args.strategies.split(","))
     out = args.out or Path("backtests/results") / f"seeds-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}"
     if args.merge:
         frame = pd.concat([pd.read_csv(d / "metrics_by_seed.csv") for d in args.merge], ignore_index=True)
@@ -93,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.checkpoints:
         params = {k: dict(v) for k, v in config.params.items()}
         for name in config.strategies:
-            if name in LEARNED_STRATEGIES:
+            if "checkpoint_dir" in strategy_parameters(name):
                 params.setdefault(name, {})["checkpoint_dir"] = str(args.checkpoints)
         config = config.override(params=params)
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -101,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for seed in seeds:
         tic = time.perf_counter()
-        result = run_backtest(prices, config=config.override(seed=seed), progress=args.progress)
+        seeded = config.override(seed=seed)
+        result = run_backtest(prices, build_strategies(seeded), seeded, progress=args.progress)
         tests = result.sharpe_tests() if config.benchmark in result.strategies else None
         for name, metrics in result.metrics.iterrows():
             row = {"seed": seed, "strategy": name, **metrics.to_dict(), "seconds": result.seconds[name]}

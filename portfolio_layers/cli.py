@@ -103,9 +103,7 @@ def _resolve_config(args: argparse.Namespace):
         "missing": args.missing,
     }
     if args.strategies is not None:
-        names = tuple(s.strip() for s in args.strategies.split(",") if s.strip())
-        params = {k: v for k, v in config.params.items() if k in names}
-        config = dataclasses.replace(config, strategies=names, params=params)
+        config = config.with_strategies(s.strip() for s in args.strategies.split(",") if s.strip())
     if args.start is not None and args.trade_start is None and config.trade_start is not None:
         # A new period: trade from row L of it, not from the config's trade_start.
         print(
@@ -145,14 +143,17 @@ def _format_table(frame: pd.DataFrame) -> str:
 
 def _backtest(args: argparse.Namespace) -> int:
     from portfolio_layers.backtest.engine import run_backtest
+    from portfolio_layers.backtest.output import save_result
     from portfolio_layers.data.loaders import load_prices
+    from portfolio_layers.registry import build_strategies
 
     tic = time.perf_counter()
     config = _resolve_config(args)
+    strategies = build_strategies(config)
     prices = load_prices(config.prices, missing=config.missing)
-    result = run_backtest(prices, config.strategies, config, progress=not args.quiet)
+    result = run_backtest(prices, strategies, config, progress=not args.quiet)
     out = args.out if args.out is not None else _default_out()
-    result.save(out)
+    save_result(result, out)
     r = result.returns
     print(
         f"{config.prices}: {prices.shape[1]} assets, net daily returns {r.index[0].date()} to "

@@ -98,7 +98,7 @@ def test_bad_input_is_one_paragraph_and_exit_2(tmp_path, capsys, args, match):
 
 
 def test_numerical_failure_in_a_strategy_is_one_paragraph_and_exit_1(tmp_path, monkeypatch, capsys):
-    import portfolio_layers.backtest.engine as engine
+    import portfolio_layers.registry as registry
 
     class Broken:
         name = "equal_weight"
@@ -109,7 +109,7 @@ def test_numerical_failure_in_a_strategy_is_one_paragraph_and_exit_1(tmp_path, m
         def weights(self, prices, current):
             raise RuntimeError("linalg.svd: The algorithm failed to converge\nsecond line of detail")
 
-    monkeypatch.setattr(engine, "build_strategy", lambda name, config: Broken())
+    monkeypatch.setattr(registry, "build_strategy", lambda name, config: Broken())
     out = tmp_path / "x"
     code = main(["backtest", *SMALL, "--strategies", "equal_weight", "--out", str(out)])
     err = capsys.readouterr().err

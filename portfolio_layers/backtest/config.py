@@ -23,7 +23,7 @@ import json
 import math
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,7 +50,7 @@ class BacktestConfig:
         earlier than row ``lookback``); the rows before only serve as history (lookback and training data).
         None: the first rebalance is row ``lookback``.
     strategies : tuple of str
-        Registry names (see :func:`portfolio_layers.backtest.strategies.available_strategies`).
+        Registry names (see :func:`portfolio_layers.registry.available_strategies`).
     lookback : int
         ``L``: at a rebalance row t a strategy sees price rows ``t-L .. t``.
     rebalance : int
@@ -180,6 +180,14 @@ class BacktestConfig:
         if unknown:
             raise ConfigError(f"unknown config key(s) {unknown}; valid keys are {sorted(known)}.")
         return dataclasses.replace(self, **changes)
+
+    def with_strategies(self, names: Iterable[str]) -> BacktestConfig:
+        """Copy that runs ``names``, keeping only their ``[params.NAME]`` tables (``self`` if unchanged)."""
+        names = tuple(names)
+        if names == self.strategies:
+            return self
+        params = {k: v for k, v in self.params.items() if k in names}
+        return dataclasses.replace(self, strategies=names, params=params)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain mapping (``None`` fields omitted), inverse of :meth:`from_dict`."""

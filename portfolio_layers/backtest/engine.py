@@ -16,13 +16,10 @@ Strategies only ever receive ``prices.iloc[view]`` or ``prices.iloc[train]``, sl
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import os
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -30,130 +27,18 @@ import pandas as pd
 from tqdm import tqdm
 
 from portfolio_layers.backtest.config import BacktestConfig
-from portfolio_layers.backtest.metrics import METRIC_NAMES, compute_metrics, drawdowns, sharpe_difference_test
+from portfolio_layers.backtest.metrics import METRIC_NAMES, compute_metrics
+from portfolio_layers.backtest.result import BacktestResult
 from portfolio_layers.backtest.splits import Step, walk_forward
-from portfolio_layers.backtest.strategies import Strategy, make_strategy, strategy_parameters
+from portfolio_layers.backtest.strategies import Strategy
 from portfolio_layers.data.loaders import slice_dates
 from portfolio_layers.data.validation import validate_prices
 from portfolio_layers.errors import ConfigError, InputError, PortfolioLayersError, StrategyError
 
 logger = logging.getLogger(__name__)
 
-#: Config fields handed to every strategy factory that takes a keyword of the same name.
-SHARED_SETTINGS = ("max_weight", "seed", "cost_bps", "rebalance")
-
 #: Largest accepted ``|sum(w) - 1|`` of the weights a strategy returns (they are then divided by their sum).
 SUM_TOLERANCE = 1e-4
-
-
-@dataclass(frozen=True)
-class BacktestResult:
-    """Outcome of :func:`run_backtest`, one column (or key) per strategy.
-
-    Attributes
-    ----------
-    returns : DataFrame of shape (N, S)
-        Net daily returns of rows ``t0+1 .. T-1`` (dates as index), ``t0`` the first rebalance row
-        (``L``, or the first row on or after ``config.trade_start`` if later).
-    gross_returns : DataFrame of shape (N, S)
-        Daily returns before costs.
-    weights : dict of str to DataFrame of shape (K, n)
-        Target weights ``w_t`` by rebalance date.
-    turnover : DataFrame of shape (K, S)
-        ``tau_t`` by rebalance date (the first one is the initial purchase from cash).
-    metrics : DataFrame of shape (S, 7)
-        Columns :data:`~portfolio_layers.backtest.metrics.METRIC_NAMES`.
-    config : BacktestConfig
-        The configuration that was run.
-    fit_dates : DatetimeIndex
-        Rebalance dates at which ``fit`` was called (the same for every strategy).
-    diagnostics : dict of str to dict of str to DataFrame
-        ``strategy.diagnostics()`` for the strategies that offer it.
-    seconds : dict of str to float
-        Wall time of each strategy's loop.
-    """
-
-    returns: pd.DataFrame
-    gross_returns: pd.DataFrame
-    weights: dict[str, pd.DataFrame]
-    turnover: pd.DataFrame
-    metrics: pd.DataFrame
-    config: BacktestConfig
-    fit_dates: pd.DatetimeIndex
-    diagnostics: dict[str, dict[str, pd.DataFrame]] = field(default_factory=dict)
-    seconds: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def strategies(self) -> list[str]:
-        """Strategy names in run order."""
-        return list(self.returns.columns)
-
-    def wealth(self) -> pd.DataFrame:
-        """Cumulative wealth ``cumprod(1 + r)`` of the net returns, shape (N, S), starting from 1."""
-        return (1.0 + self.returns).cumprod()
-
-    def drawdowns(self) -> pd.DataFrame:
-        """Drawdown from the running peak of wealth, positive fractions, shape (N, S)."""
-        return self.returns.apply(lambda col: pd.Series(drawdowns(col.to_numpy()), index=col.index))
-
-    def sharpe_tests(self, benchmark: str | None = None) -> pd.DataFrame:
-        """Sharpe-difference test (Jobson-Korkie with Memmel's correction) of each strategy vs ``benchmark``.
-
-        Parameters
-        ----------
-        benchmark : str, optional
-            A strategy of this result; default ``config.benchmark``.
-
-        Returns
-        -------
-        DataFrame of shape (S - 1, 4)
-            Index strategy, columns ``sharpe``, ``sharpe_difference``, ``z``, ``p_value``.
-        """
-        benchmark = benchmark or self.config.benchmark
-        if benchmark not in self.returns.columns:
-            raise ConfigError(f"benchmark {benchmark!r} is not among the strategies {self.strategies}.")
-        rows = {}
-        for name in self.strategies:
-            if name == benchmark:
-                continue
-            test = sharpe_difference_test(self.returns[name], self.returns[benchmark])
-            rows[name] = {
-                "sharpe": test.sharpe_a,
-                "sharpe_difference": test.difference,
-                "z": test.z,
-                "p_value": test.p_value,
-            }
-        return pd.DataFrame.from_dict(
-            rows, orient="index", columns=["sharpe", "sharpe_difference", "z", "p_value"]
-        )
-
-    def to_html(self, path: str | os.PathLike[str]) -> None:
-        """Write a self-contained HTML report (see :func:`portfolio_layers.backtest.report.write_report`)."""
-        from portfolio_layers.backtest.report import write_report
-
-        write_report(self, path)
-
-    def save(self, out_dir: str | os.PathLike[str]) -> None:
-        """Write every output file into ``out_dir`` (:func:`portfolio_layers.backtest.output.save_result`)."""
-        from portfolio_layers.backtest.output import save_result
-
-        save_result(self, out_dir)
-
-
-def build_strategy(name: str, config: BacktestConfig) -> Strategy:
-    """Strategy ``name`` built with its ``[params.name]`` table.
-
-    The shared settings ``max_weight``, ``seed``, ``cost_bps`` and ``rebalance`` of ``config`` are added when
-    the factory accepts a keyword of that name and the table does not set it (so a learning strategy trains
-    with the costs and rebalance step it is evaluated with).
-    """
-    params: dict[str, Any] = dict(config.params.get(name, {}))
-    accepted = strategy_parameters(name) or ()
-    for key in SHARED_SETTINGS:
-        value = getattr(config, key)
-        if value is not None and key not in params and key in accepted:
-            params[key] = value
-    return make_strategy(name, **params)
 
 
 def _check_weights(w: Any, n: int, name: str, date: pd.Timestamp) -> np.ndarray:
@@ -247,7 +132,7 @@ def _first_row(index: pd.DatetimeIndex, trade_start: str | None) -> int | None:
 
 def run_backtest(
     prices: pd.DataFrame,
-    strategies: Sequence[str | Strategy] | None = None,
+    strategies: Sequence[Strategy],
     config: BacktestConfig | None = None,
     *,
     progress: bool = False,
@@ -258,10 +143,12 @@ def run_backtest(
     ----------
     prices : DataFrame of shape (T, n)
         Prices (not returns), dates as index, one column per asset; sliced to ``config.start .. config.end``.
-    strategies : sequence of str or Strategy, optional
-        Registry names (built with :func:`build_strategy`) or strategy objects; default ``config.strategies``.
+    strategies : sequence of Strategy
+        The strategy objects to run, with unique names (build them from ``config`` with
+        :func:`portfolio_layers.registry.build_strategies`).
     config : BacktestConfig, optional
-        Protocol parameters; default ``BacktestConfig()``.
+        Protocol parameters; default ``BacktestConfig()``. The result's config lists the strategies
+        actually run (:meth:`BacktestConfig.with_strategies`).
     progress : bool
         Show one progress bar per strategy on stderr.
 
@@ -272,14 +159,17 @@ def run_backtest(
     config = config or BacktestConfig()
     prices = validate_prices(prices, missing=config.missing)
     prices = slice_dates(prices, start=config.start, end=config.end, min_rows=config.lookback + 2)
-    items = list(strategies) if strategies is not None else list(config.strategies)
-    built = [build_strategy(s, config) if isinstance(s, str) else s for s in items]
-    names = [s.name for s in built]
+    strategies = list(strategies)
+    for item in strategies:
+        if not isinstance(item, Strategy):
+            raise ConfigError(
+                f"run_backtest takes strategy objects, got {item!r}; build them by name with "
+                "portfolio_layers.registry.make_strategy or build_strategies(config)."
+            )
+    names = [s.name for s in strategies]
     if len(set(names)) != len(names):
         raise ConfigError(f"strategy names must be unique, got {names}.")
-    if tuple(names) != config.strategies:  # record what actually runs (config.toml, report)
-        params = {k: v for k, v in config.params.items() if k in names}
-        config = dataclasses.replace(config, strategies=tuple(names), params=params)
+    config = config.with_strategies(names)  # record what actually runs (config.toml, report)
     P = prices.to_numpy()
     R = np.zeros_like(P)
     R[1:] = P[1:] / P[:-1] - 1.0
@@ -296,7 +186,7 @@ def run_backtest(
     t0 = steps[0].t
     held = prices.index[t0 + 1 :]
     returns, gross_returns, turnover, weights, metrics, diagnostics, seconds = {}, {}, {}, {}, {}, {}, {}
-    for strategy in built:
+    for strategy in strategies:
         tic = time.perf_counter()
         gross, net, W, tau = _simulate(strategy, prices, R, steps, config.cost_bps, progress)
         seconds[strategy.name] = time.perf_counter() - tic
@@ -322,4 +212,4 @@ def run_backtest(
     )
 
 
-__all__ = ["SUM_TOLERANCE", "BacktestResult", "build_strategy", "run_backtest"]
+__all__ = ["SUM_TOLERANCE", "run_backtest"]

@@ -1,4 +1,4 @@
-"""Writing a :class:`~portfolio_layers.backtest.engine.BacktestResult` to a results folder, atomically.
+"""Writing a :class:`~portfolio_layers.backtest.result.BacktestResult` to a results folder, atomically.
 
 Files: ``metrics.json`` (``{strategy: {metric: value}}``, NaN as null), ``returns.csv`` (net daily returns,
 one column per strategy), ``weights/<strategy>.csv`` (target weights by rebalance date), ``turnover.csv``,
@@ -15,14 +15,12 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from portfolio_layers.atomic import atomic_write_text
-
-if TYPE_CHECKING:
-    from portfolio_layers.backtest.engine import BacktestResult
+from portfolio_layers.backtest.report import write_report
+from portfolio_layers.backtest.result import BacktestResult
 
 
 def safe_name(name: str) -> str:
@@ -67,7 +65,7 @@ def save_result(result: BacktestResult, out_dir: str | os.PathLike[str]) -> Path
             )
     if result.config.benchmark in result.returns.columns and result.returns.shape[1] > 1:
         atomic_write_text(out / "sharpe_tests.csv", _csv(result.sharpe_tests(), "strategy"))
-    result.to_html(out / "report.html")
+    write_report(result, out / "report.html")
     # Last, so that a folder with metrics.json holds a complete run.
     atomic_write_text(out / "metrics.json", metrics_json(result))
     return out

@@ -11,7 +11,6 @@ import base64
 import html
 import io
 import os
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -20,9 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter, ScalarFormatter
 
 from portfolio_layers.atomic import atomic_write_text
-
-if TYPE_CHECKING:
-    from portfolio_layers.backtest.engine import BacktestResult
+from portfolio_layers.backtest.result import BacktestResult
 
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }

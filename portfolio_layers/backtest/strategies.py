@@ -1,4 +1,4 @@
-"""Strategies and their registry.
+"""The strategy protocol and the classical strategies.
 
 A strategy is any object with
 
@@ -9,18 +9,15 @@ A strategy is any object with
   are the drifted weights just before the trade (zeros before the first one);
 - optionally ``diagnostics() -> dict[str, DataFrame]`` (for example training curves), read after the run.
 
-:func:`make_strategy` builds one from a registry name with explicit keyword arguments. The classical
-strategies solve their QP with cvxpy + Clarabel (``solver="clarabel"``) or the package's QP layer
-(``solver="qp"``, :func:`portfolio_layers.qp.solve_qp`), behind :func:`solve_long_only_qp`.
+:func:`portfolio_layers.registry.make_strategy` builds one from its name. The classical strategies solve
+their QP with cvxpy + Clarabel (``solver="clarabel"``) or the package's QP layer (``solver="qp"``,
+:func:`portfolio_layers.qp.solve_qp`), behind :func:`solve_long_only_qp`.
 """
 
 from __future__ import annotations
 
 import functools
-import importlib
-import inspect
-from collections.abc import Callable, Mapping
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import pandas as pd
@@ -260,93 +257,13 @@ class MeanVariance(_Classical):
         return solve_long_only_qp(self.risk_aversion * cov, R.mean(axis=0), self.max_weight, self.solver)
 
 
-LEARNED_STRATEGIES = ("e2e", "e2e_mlp", "e2e_lstm", "pto")
-
-
-def _learned(name: str, **params: Any) -> Strategy:
-    try:
-        module = importlib.import_module("portfolio_layers.models.strategy")
-        factory = module.make_learned_strategy
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(
-            f"strategy {name!r} needs portfolio_layers.models.strategy.make_learned_strategy, which "
-            "could not be "
-            f"imported ({exc}); use a classical strategy or install the package completely."
-        ) from exc
-    return factory(name, **params)
-
-
-_REGISTRY: Mapping[str, Callable[..., Strategy]] = {
-    "equal_weight": EqualWeight,
-    "inverse_volatility": InverseVolatility,
-    "min_variance": MinVariance,
-    "mean_variance": MeanVariance,
-    **{name: functools.partial(_learned, name) for name in LEARNED_STRATEGIES},
-}
-
-
-def available_strategies() -> tuple[str, ...]:
-    """Registry names, classical first."""
-    return tuple(_REGISTRY)
-
-
-def strategy_parameters(name: str) -> tuple[str, ...] | None:
-    """Keyword arguments accepted by a registry entry; None when they cannot be known without building it."""
-    factory = _get(name)
-    if isinstance(factory, functools.partial):
-        try:
-            factory = importlib.import_module("portfolio_layers.models.strategy").make_learned_strategy
-        except (ImportError, AttributeError):
-            return None
-        sig = inspect.signature(factory)
-        names = [p.name for p in sig.parameters.values() if p.kind == p.KEYWORD_ONLY]
-        return tuple(names) or None
-    return tuple(p.name for p in inspect.signature(factory).parameters.values() if p.kind == p.KEYWORD_ONLY)
-
-
-def _get(name: str) -> Callable[..., Strategy]:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ConfigError(f"unknown strategy {name!r}; available: {', '.join(_REGISTRY)}.") from None
-
-
-def make_strategy(name: str, **params: Any) -> Strategy:
-    """Build a strategy from its registry name.
-
-    Parameters
-    ----------
-    name : str
-        One of :func:`available_strategies`.
-    **params
-        The factory's keyword arguments (for example ``max_weight=0.2``, ``risk_aversion=3.0``,
-        ``solver="qp"``); an unknown one raises :class:`ConfigError`.
-    """
-    factory = _get(name)
-    if not isinstance(factory, functools.partial):
-        accepted = strategy_parameters(name) or ()
-        unknown = sorted(set(params) - set(accepted))
-        if unknown:
-            raise ConfigError(
-                f"strategy {name!r} has no parameter(s) {unknown}; it accepts {list(accepted) or 'none'}."
-            )
-    strategy = factory(**params)
-    if not isinstance(strategy, Strategy):
-        raise ConfigError(f"the factory of {name!r} returned {type(strategy).__name__}, not a strategy.")
-    return strategy
-
-
 __all__ = [
-    "LEARNED_STRATEGIES",
     "SOLVERS",
     "EqualWeight",
     "InverseVolatility",
     "MeanVariance",
     "MinVariance",
     "Strategy",
-    "available_strategies",
     "cap_weights",
-    "make_strategy",
     "solve_long_only_qp",
-    "strategy_parameters",
 ]

@@ -25,7 +25,7 @@ from portfolio_layers.models.losses import (
 )
 from portfolio_layers.models.model import E2ENet, NetOutput, portfolio_qp_layer
 from portfolio_layers.models.samples import Batch, WindowData, drift_weights
-from portfolio_layers.models.strategy import LEARNED, E2EPortfolio, make_learned_strategy
+from portfolio_layers.models.strategy import E2EPortfolio
 from portfolio_layers.models.synthetic import planted_market
 from portfolio_layers.models.training import (
     TrainConfig,
@@ -37,7 +37,6 @@ from portfolio_layers.models.training import (
 
 __all__ = [
     "ENCODERS",
-    "LEARNED",
     "Batch",
     "E2ENet",
     "E2EPortfolio",
@@ -52,7 +51,6 @@ __all__ = [
     "drift_weights",
     "load_checkpoint",
     "make_encoder",
-    "make_learned_strategy",
     "mse_loss",
     "negative_sharpe",
     "negative_sortino",

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import inspect
 import warnings
 from pathlib import Path
 
@@ -37,7 +36,7 @@ from portfolio_layers.models.training import (
     train,
 )
 
-__all__ = ["LEARNED", "E2EPortfolio", "make_learned_strategy"]
+__all__ = ["E2EPortfolio"]
 
 _DTYPES = {"float64": torch.float64, "float32": torch.float32}
 FEATURE_CLIP = 5.0
@@ -431,49 +430,3 @@ class E2EPortfolio:
     def history_(self) -> TrainHistory | None:
         """History of the last fit."""
         return self.histories_[-1][1] if self.histories_ else None
-
-
-LEARNED = {
-    "e2e": {"encoder": "deq", "loss": "sharpe"},
-    "e2e_mlp": {"encoder": "mlp", "loss": "sharpe"},
-    "e2e_lstm": {"encoder": "lstm", "loss": "sharpe"},
-    "pto": {"encoder": "deq", "loss": "mse"},
-}
-
-_FIXED_BY_NAME = ("name", "encoder", "loss")
-_PARAMS = {
-    p.name: p
-    for p in inspect.signature(E2EPortfolio.__init__).parameters.values()
-    if p.kind == p.KEYWORD_ONLY and p.name not in _FIXED_BY_NAME
-}
-
-
-def make_learned_strategy(name: str, **params: object) -> E2EPortfolio:
-    """A learned strategy of the backtest registry.
-
-    Parameters
-    ----------
-    name : {"e2e", "e2e_mlp", "e2e_lstm", "pto"}
-        ``e2e``: DEQ encoder trained end to end on the negative Sharpe ratio net of costs; ``e2e_mlp`` and
-        ``e2e_lstm``: the same with the explicit baseline encoders; ``pto``: the same network trained on the
-        MSE of returns (and covariances), then the same QP (predict-then-optimize).
-    **params
-        Keyword arguments of :class:`E2EPortfolio` except ``name``, ``encoder`` and ``loss``; an unknown one
-        raises :class:`ConfigError`.
-    """
-    if name not in LEARNED:
-        raise ConfigError(f"unknown learned strategy {name!r}; choose one of {', '.join(LEARNED)}")
-    unknown = sorted(set(params) - set(_PARAMS))
-    if unknown:
-        raise ConfigError(
-            f"strategy {name!r} has no parameter(s) {unknown}; it accepts {sorted(_PARAMS)} "
-            "(the encoder and the loss are fixed by the strategy name)"
-        )
-    return E2EPortfolio(name=name, **LEARNED[name], **params)
-
-
-# The registry (``backtest.strategies.strategy_parameters``) reads the accepted keywords from the signature.
-make_learned_strategy.__signature__ = inspect.Signature(
-    [inspect.Parameter("name", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=str), *_PARAMS.values()],
-    return_annotation=E2EPortfolio,
-)

@@ -9,8 +9,10 @@ import pandas as pd
 import pytest
 
 from portfolio_layers.backtest import BacktestConfig, default_config, run_backtest
+from portfolio_layers.backtest.output import save_result
 from portfolio_layers.data import load_prices
 from portfolio_layers.errors import ConfigError
+from portfolio_layers.registry import build_strategies, build_strategy
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -75,7 +77,7 @@ def test_unknown_override_and_missing_file(tmp_path):
 def test_save_writes_every_output(tmp_path):
     prices = load_prices("sp500", start="2021-06-01").iloc[:, :5]
     cfg = BacktestConfig(lookback=40, rebalance=21, strategies=("equal_weight", "min_variance"))
-    res = run_backtest(prices, None, cfg)
+    res = run_backtest(prices, build_strategies(cfg), cfg)
 
     class WithDiag:
         name = "diag"
@@ -89,9 +91,9 @@ def test_save_writes_every_output(tmp_path):
         def diagnostics(self):
             return {"training curve": pd.DataFrame({"loss": [1.0, 0.5]})}
 
-    res2 = run_backtest(prices, [WithDiag(), "equal_weight"], cfg)
-    res.save(tmp_path / "a")
-    res2.save(tmp_path / "b")
+    res2 = run_backtest(prices, [WithDiag(), build_strategy("equal_weight", cfg)], cfg)
+    save_result(res, tmp_path / "a")
+    save_result(res2, tmp_path / "b")
     metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
     assert set(metrics) == {"equal_weight", "min_variance"} and metrics["min_variance"]["sharpe"] is not None
     returns = pd.read_csv(tmp_path / "a" / "returns.csv", index_col=0, parse_dates=True)

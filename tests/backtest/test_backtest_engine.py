@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from portfolio_layers.backtest import BacktestConfig, run_backtest
 from portfolio_layers.errors import DataError, InfeasibleError, InputError, StrategyError
+from portfolio_layers.registry import build_strategies, build_strategy
 
 
 class Scripted:
@@ -145,7 +146,7 @@ def test_weights_sum_to_one_and_respect_bounds(n_assets, cap_frac, name, seed):
     p = pd.DataFrame(np.exp(np.cumsum(rng.normal(0.0005, vols, (rows, n_assets)), axis=0)), index=idx)
     cap = 1.0 / n_assets + cap_frac * (1.0 - 1.0 / n_assets)
     cfg = BacktestConfig(lookback=15, rebalance=7, max_weight=cap, strategies=(name,), benchmark=None)
-    res = run_backtest(p, None, cfg)
+    res = run_backtest(p, build_strategies(cfg), cfg)
     w = res.weights[name].to_numpy()
     np.testing.assert_allclose(w.sum(axis=1), 1.0, atol=1e-9)
     assert (w >= -1e-9).all() and (w <= cap + 1e-7).all()
@@ -239,7 +240,7 @@ def test_diagnostics_are_kept_and_benchmark_test_runs():
     cfg = BacktestConfig(
         lookback=2, rebalance=2, strategies=("scripted", "equal_weight"), benchmark="equal_weight"
     )
-    res = run_backtest(p, [s, "equal_weight"], cfg)
+    res = run_backtest(p, [s, build_strategy("equal_weight", cfg)], cfg)
     assert list(res.diagnostics) == ["scripted"]
     assert res.diagnostics["scripted"]["loss"]["train"].tolist() == [3.0, 2.0, 1.5]
     assert list(res.metrics.index) == ["scripted", "equal_weight"]
@@ -252,16 +253,20 @@ def test_trade_start_keeps_earlier_rows_as_history_only():
     idx = pd.date_range("2020-01-01", periods=60, freq="B")
     p = pd.DataFrame(np.exp(np.cumsum(rng.normal(0, 0.01, (60, 3)), axis=0)), index=idx, columns=list("ABC"))
     base = dict(lookback=5, rebalance=4, strategies=("inverse_volatility", "equal_weight"), benchmark=None)
-    late = run_backtest(p, None, BacktestConfig(trade_start=str(idx[20].date()), **base))
+    late_config = BacktestConfig(trade_start=str(idx[20].date()), **base)
+    late = run_backtest(p, build_strategies(late_config), late_config)
     assert late.turnover.index[0] == idx[20] and late.returns.index[0] == idx[21]
     assert list(late.turnover.index) == list(idx[20:59:4])
     # Same decisions from the same rows: a run on the data from row 15 (= 20 - lookback) trades at the
     # same dates with identical weights and returns.
-    cut = run_backtest(p.iloc[15:], None, BacktestConfig(**base))
+    cut_config = BacktestConfig(**base)
+    cut = run_backtest(p.iloc[15:], build_strategies(cut_config), cut_config)
     pd.testing.assert_frame_equal(late.weights["inverse_volatility"], cut.weights["inverse_volatility"])
     pd.testing.assert_frame_equal(late.returns, cut.returns)
     # trade_start earlier than row L changes nothing; one past the end is an error.
-    early = run_backtest(p, None, BacktestConfig(trade_start="2019-01-01", **base))
+    early_config = BacktestConfig(trade_start="2019-01-01", **base)
+    early = run_backtest(p, build_strategies(early_config), early_config)
     assert early.turnover.index[0] == idx[5]
     with pytest.raises(DataError, match="no trade possible"):
-        run_backtest(p, None, BacktestConfig(trade_start="2021-01-01", **base))
+        past_config = BacktestConfig(trade_start="2021-01-01", **base)
+        run_backtest(p, build_strategies(past_config), past_config)

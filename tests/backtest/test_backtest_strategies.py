@@ -1,18 +1,12 @@
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import pandas as pd
 import pytest
 
-from portfolio_layers.backtest.strategies import (
-    available_strategies,
-    cap_weights,
-    make_strategy,
-    solve_long_only_qp,
-)
+from portfolio_layers.backtest.strategies import cap_weights, solve_long_only_qp
 from portfolio_layers.errors import ConfigError, InfeasibleError
+from portfolio_layers.registry import available_strategies, make_strategy
 
 
 def _prices(n=4, rows=120, seed=0):
@@ -92,14 +86,6 @@ def test_registry_errors():
         make_strategy("equal_weight", max_weight=1.5)
     with pytest.raises(InfeasibleError):
         make_strategy("equal_weight", max_weight=0.2).weights(_prices(), np.zeros(4))
-
-
-def test_learned_strategy_import_failure_is_a_config_error(monkeypatch):
-    monkeypatch.setitem(sys.modules, "portfolio_layers.models.strategy", None)
-    with pytest.raises(
-        ConfigError, match="'e2e' needs portfolio_layers.models.strategy.make_learned_strategy"
-    ):
-        make_strategy("e2e")
 
 
 def test_qp_layer_solver_agrees_with_clarabel():

@@ -8,15 +8,15 @@ import pytest
 import torch
 
 import portfolio_layers.models.strategy as strategy_module
-from portfolio_layers.backtest import BacktestConfig, make_strategy, run_backtest
-from portfolio_layers.backtest.strategies import strategy_parameters
+from portfolio_layers.backtest import BacktestConfig, run_backtest
 from portfolio_layers.errors import ConfigError
 from portfolio_layers.models.encoders import make_encoder
 from portfolio_layers.models.heads import sample_covariance
 from portfolio_layers.models.losses import portfolio_loss
 from portfolio_layers.models.model import E2ENet, portfolio_qp_layer
-from portfolio_layers.models.strategy import E2EPortfolio, make_learned_strategy
+from portfolio_layers.models.strategy import E2EPortfolio
 from portfolio_layers.models.synthetic import planted_market
+from portfolio_layers.registry import build_strategy, make_strategy, strategy_parameters
 
 SMALL = {"d_model": 8, "window": 10, "cov_window": 40, "horizon": 5, "rebalance": 5, "lr": 0.01}
 
@@ -71,7 +71,7 @@ def test_end_to_end_learns_the_planted_signal_and_beats_equal_weight():
     prices = planted_market(n_assets=5, n_rows=800, seed=3, persistence=100)
     model = E2EPortfolio(epochs=8, patience=8, stride=1, seed=0, **SMALL)
     config = BacktestConfig(lookback=300, rebalance=5, retrain_every=10_000, train_window=301, cost_bps=10.0)
-    result = run_backtest(prices, ["equal_weight", model], config)
+    result = run_backtest(prices, [build_strategy("equal_weight", config), model], config)
     history = model.history_
     assert history.train_loss[-1] < history.train_loss[0] - 1.0
     sharpe = result.metrics["sharpe"]
@@ -148,7 +148,7 @@ def test_interrupted_walk_forward_resumes_from_the_last_completed_fold(tmp_path,
 
 def test_pto_trains_on_mse_without_the_qp_then_uses_it():
     prices = planted_market(n_assets=4, n_rows=300, seed=2)
-    model = make_learned_strategy("pto", epochs=2, seed=0, **SMALL).fit(prices)
+    model = make_strategy("pto", epochs=2, seed=0, **SMALL).fit(prices)
     curves = model.diagnostics()["training"]
     assert "qp_iterations" not in curves and "deq_iterations" in curves
     w = model.weights(prices.iloc[-151:])
