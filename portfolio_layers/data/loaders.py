@@ -25,12 +25,30 @@ EMBEDDED_DATASETS: dict[str, str] = {
 
 
 def _read_csv(path: Path | str, source: str) -> pd.DataFrame:
+    """The table of a CSV file, first column as index; a DataError for undecodable text or duplicate names.
+
+    pandas silently renames a repeated column name (``A``, ``A.1``), so the header row is read first, as text.
+    """
     try:
+        header = pd.read_csv(path, header=None, nrows=1, dtype=str).iloc[0]
         frame = pd.read_csv(path, index_col=0)
     except FileNotFoundError:
         raise
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"{source}: the file is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at "
+            f"position {exc.start}: {exc.reason}); save it as UTF-8 (a spreadsheet's 'CSV UTF-8' format, or "
+            "pd.read_csv(path, encoding='latin-1').to_csv(path) for a Latin-1 file)."
+        ) from exc
     except (OSError, ValueError, pd.errors.ParserError) as exc:
         raise DataError(f"{source}: could not read the CSV file ({exc}).") from exc
+    names = header.dropna()
+    repeated = sorted(set(names[names.duplicated()]))
+    if repeated:
+        raise DataError(
+            f"{source}: column name(s) {repeated} appear more than once in the header; every asset needs its "
+            "own name: rename or remove the repeated columns."
+        )
     if frame.shape[1] == 0:
         raise DataError(
             f"{source}: the CSV file has no asset column (first column dates, one column per asset)."

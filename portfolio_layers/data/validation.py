@@ -16,6 +16,18 @@ from portfolio_layers.errors import DataError
 MISSING_OPTIONS = ("raise", "ffill", "drop")
 
 
+_ROW_NUMBER_HINT = (
+    "; is it a column of row numbers? The first column must hold dates such as 2020-01-31: remove the "
+    "row-number column from the file, or with pandas read it with index_col set to the date column "
+    "(pd.read_csv(path, index_col='date', parse_dates=True)) or use prices.set_index('date')."
+)
+
+
+def _first_values(index: pd.Index) -> str:
+    shown = ", ".join(str(v) for v in index[:3])
+    return shown + (", ..." if len(index) > 3 else "")
+
+
 def _date(index: pd.Index, pos: int) -> str:
     value = index[pos]
     return value.date().isoformat() if isinstance(value, pd.Timestamp) else str(value)
@@ -51,8 +63,9 @@ def validate_prices(
     Raises
     ------
     DataError
-        Empty table, non-date index, duplicated or unsorted dates, non-numeric, non-finite or non-positive
-        prices, an entirely empty column, missing values with ``missing="raise"``, too few rows.
+        Empty table, non-date index (numbers such as row numbers included), duplicated or unsorted dates,
+        non-numeric, non-finite or non-positive prices, an entirely empty column, missing values with
+        ``missing="raise"``, too few rows.
     """
     if missing not in MISSING_OPTIONS:
         raise DataError(f"missing={missing!r} is not an option; use one of {MISSING_OPTIONS}.")
@@ -65,6 +78,11 @@ def validate_prices(
     if len(set(out.columns)) != len(out.columns):
         dup = out.columns[out.columns.duplicated()][0]
         raise DataError(f"{source}: column {dup!r} appears more than once; asset names must be unique.")
+    if pd.api.types.is_numeric_dtype(out.index.dtype) or pd.api.types.is_bool_dtype(out.index.dtype):
+        raise DataError(
+            f"{source}: the index (first column of a CSV) holds numbers ({_first_values(out.index)}), not "
+            f"dates{_ROW_NUMBER_HINT}"
+        )
     if not isinstance(out.index, pd.DatetimeIndex):
         try:
             with warnings.catch_warnings():  # pandas warns when it must guess the format; errors still raise
@@ -76,6 +94,11 @@ def validate_prices(
             ) from exc
     if out.index.hasnans:
         raise DataError(f"{source}: the date index has missing dates; every row needs a date.")
+    if len(out.index) > 1 and out.index.max() - out.index.min() < pd.Timedelta(seconds=1):
+        raise DataError(
+            f"{source}: the dates ({_first_values(out.index)}) are less than a second apart: numbers "
+            f"read as timestamps{_ROW_NUMBER_HINT}"
+        )
     dup_mask = out.index.duplicated()
     if dup_mask.any():
         raise DataError(

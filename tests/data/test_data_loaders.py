@@ -47,3 +47,31 @@ def test_unknown_source_and_empty_range():
         load_prices("sp500", start="2030-01-01")
     with pytest.raises(DataError, match="too few rows"):
         load_prices("sp500", start="2022-12-01", min_rows=100)
+
+
+def test_csv_duplicate_column_names_are_named(tmp_path):
+    # pandas would silently rename the copies to A.1 and B.1
+    path = tmp_path / "dup.csv"
+    path.write_text("date,A,B,A,C,B\n2020-01-01,1,2,3,4,5\n2020-01-02,1,2,3,4,5\n")
+    with pytest.raises(DataError, match=r"dup\.csv: column name\(s\) \['A', 'B'\] appear more than once"):
+        load_prices(path)
+
+
+@pytest.mark.parametrize("first", [0, 1])
+def test_csv_first_column_of_row_numbers_is_not_read_as_1970(tmp_path, first):
+    prices = load_prices("sp500", start="2022-01-01").iloc[:5, :2]
+    path = tmp_path / "numbered.csv"
+    prices.reset_index(drop=True).set_axis(range(first, first + 5)).to_csv(path)
+    expected = rf"numbered\.csv: .*holds numbers \({first}, .*dates such as 2020-01-31"
+    with pytest.raises(DataError, match=expected):
+        load_prices(path)
+    prices.reset_index().to_csv(path)  # row numbers, then the dates: the common pandas to_csv mistake
+    with pytest.raises(DataError, match="row numbers.*index_col"):
+        load_prices(path)
+
+
+def test_csv_not_utf8_names_file_and_encoding(tmp_path):
+    path = tmp_path / "latin1.csv"
+    path.write_bytes("date,Caf\xe9\n2020-01-02,1.0\n2020-01-03,2.0\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"latin1\.csv: the file is not UTF-8 text \(byte 0xe9"):
+        load_prices(path)

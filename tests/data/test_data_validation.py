@@ -97,3 +97,12 @@ def test_non_numeric_column_and_non_date_index():
     q.index = ["a", "b", "c", "d", "e"]
     with pytest.raises(DataError, match="must hold dates"):
         validate_prices(q)
+
+
+def test_numeric_index_or_nanosecond_dates_are_not_dates():
+    p = _prices().reset_index(drop=True)
+    with pytest.raises(DataError, match=r"holds numbers \(0, 1, 2, \.\.\.\), not dates"):
+        validate_prices(p)
+    p.index = pd.to_datetime(p.index)  # row numbers already turned into 1970-01-01 plus nanoseconds
+    with pytest.raises(DataError, match="less than a second apart: numbers read as timestamps"):
+        validate_prices(p)
