@@ -6,10 +6,10 @@ Three tables:
    batch 32, T 60, F 13 (the ``price_features`` count), n in {20, 50, 100}, d in {32, 64}, for two cells:
    ``init`` (a freshly initialized encoder) and ``stiff`` (contraction 0.99, spectral caps binding, small
    injection: a slow, nearly non-expansive cell, closer to what training can produce).
-2. Memory: peak CPU memory of one training step (forward + backward) with ``backward="implicit"`` and
-   ``"unrolled"`` at exactly 10, 30 and 100 forward iterations (torch profiler, ``profile_memory=True``;
+2. Memory: peak CPU memory of one training step (forward + backward) with ``adjoint=Implicit()`` and
+   ``Unrolled()`` at exactly 10, 30 and 100 forward iterations (torch profiler, ``profile_memory=True``;
    allocations replayed in time order), plus the bytes the autograd graph saves for backward.
-3. Gradient agreement of the three backward modes against ``unrolled`` (float64, tight tolerances, and
+3. Gradient agreement of the implicit and JFB adjoints against ``Unrolled()`` (float64, tight tolerances, and
    float32 at the default tolerances).
 
 Usage: ``python benchmarks/deq.py --out benchmarks/results/deq.md`` (``--quick`` for a small run).
@@ -18,6 +18,7 @@ Usage: ``python benchmarks/deq.py --out benchmarks/results/deq.md`` (``--quick``
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import os
 import platform
@@ -29,7 +30,9 @@ from datetime import UTC, datetime
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from portfolio_layers.deq import DEQEncoder
+from portfolio_layers.deq import JFB, AdjointStats, Anderson, DEQEncoder, Implicit, Unrolled, make_solver
+
+ADJOINTS = {"implicit": Implicit(), "jfb": JFB(), "unrolled": Unrolled()}
 
 F = 13  # number of features from portfolio_layers.data.features.price_features with its defaults
 
@@ -74,7 +77,11 @@ def bench_solvers(sizes, repeats: int) -> list[str]:
         enc = make_encoder(d, regime)
         x = window(32, 60, n)
         c = torch.randn(32, n, d, generator=torch.Generator().manual_seed(2))
-        opts = {"solver": solver, "tol": 1e-4, "atol": 1e-6, "max_iter": 200}
+        stats = AdjointStats()
+        opts = {
+            "solver": dataclasses.replace(make_solver(solver), tol=1e-4, atol=1e-6, max_iter=200),
+            "adjoint": Implicit(record=stats),
+        }
         fwd, step = [], []
         with torch.no_grad():
             enc(x, **opts)  # warm-up
@@ -83,17 +90,18 @@ def bench_solvers(sizes, repeats: int) -> list[str]:
         for _ in range(repeats):
             t0 = time.perf_counter()
             with torch.no_grad():
-                _, sol = enc(x, **opts)
+                _, info = enc(x, **opts)
             fwd.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
-            emb, sol_t = enc(x, **opts)
+            emb, _ = enc(x, **opts)
             (emb * c).sum().backward()
             step.append(time.perf_counter() - t0)
+        sol = info.solution
         it = sol.iterations.float()
         rows.append(
             f"| {regime} | {n} | {d} | {solver} | {it.mean():.1f} / {int(it.max())} | "
             f"{int(sol.converged.sum())}/32 | {1e3 * statistics.median(fwd):.0f} | "
-            f"{1e3 * statistics.median(step):.0f} | {int(sol_t.adjoint.iterations.max())} |"
+            f"{1e3 * statistics.median(step):.0f} | {int(stats.iterations.max())} |"
         )
         print(rows[-1], file=sys.stderr)
     return rows
@@ -107,12 +115,12 @@ def profile_step(enc: DEQEncoder, x: torch.Tensor, c: torch.Tensor, backward: st
         saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
         return t
 
-    opts = {"solver": "anderson", "backward": backward, "tol": 0.0, "atol": 1e-30, "max_iter": iters}
-    opts |= {"backward_tol": 1e-4, "backward_atol": 1e-6, "backward_max_iter": 200}
+    solver = Anderson(tol=0.0, atol=1e-30, max_iter=iters)
+    adjoint = Implicit(Anderson(tol=1e-4, atol=1e-6, max_iter=200)) if backward == "implicit" else Unrolled()
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            emb, sol = enc(x, **opts)
-        assert int(sol.iterations.min()) == iters
+            emb, info = enc(x, solver=solver, adjoint=adjoint)
+        assert int(info.solution.iterations.min()) == iters
         (emb * c).sum().backward()
     events = sorted(prof.events(), key=lambda e: e.time_range.start)
     peak = max(itertools.accumulate(e.self_cpu_memory_usage for e in events))
@@ -135,9 +143,9 @@ def bench_memory(n: int, d: int, iters_list) -> list[str]:
     return rows
 
 
-def grads(enc: DEQEncoder, x: torch.Tensor, c: torch.Tensor, **opts) -> torch.Tensor:
+def grads(enc: DEQEncoder, x: torch.Tensor, c: torch.Tensor, solver: Anderson, backward: str) -> torch.Tensor:
     enc.zero_grad()
-    emb, _ = enc(x, **opts)
+    emb, _ = enc(x, solver=solver, adjoint=ADJOINTS[backward])
     (emb * c).sum().backward()
     return torch.cat([p.grad.flatten() for p in enc.parameters()])
 
@@ -148,16 +156,16 @@ def bench_agreement(n: int, d: int) -> list[str]:
         "|---|---|---|---|---|",
     ]
     settings = [
-        ("float64, tol 1e-10", torch.float64, {"tol": 1e-10, "atol": 0.0, "max_iter": 500}),
-        ("float32, tol 1e-4 (default)", torch.float32, {"tol": 1e-4, "atol": 1e-6, "max_iter": 200}),
+        ("float64, tol 1e-10", torch.float64, Anderson(tol=1e-10, atol=0.0, max_iter=500)),
+        ("float32, tol 1e-4 (default)", torch.float32, Anderson(tol=1e-4, atol=1e-6, max_iter=200)),
     ]
-    for (label, dtype, opts), regime in itertools.product(settings, ["init", "stiff"]):
+    for (label, dtype, solver), regime in itertools.product(settings, ["init", "stiff"]):
         enc = make_encoder(d, regime, dtype=dtype)
         x = window(4, 60, n, dtype=dtype)
         c = torch.randn(4, n, d, generator=torch.Generator().manual_seed(3)).to(dtype)
-        ref = grads(enc, x, c, backward="unrolled", **opts)
+        ref = grads(enc, x, c, solver, "unrolled")
         for backward in ["implicit", "jfb"]:
-            g = grads(enc, x, c, backward=backward, **opts)
+            g = grads(enc, x, c, solver, backward)
             rel = float((g - ref).norm() / ref.norm())
             cos = float(torch.nn.functional.cosine_similarity(g, ref, dim=0))
             rows.append(f"| {label} | {regime} | {backward} | {rel:.2e} | {cos:.6f} |")

@@ -14,24 +14,30 @@ Architecture (for ``x`` of shape (batch, T, n, F)):
    ``c``-contraction in the Frobenius norm of each batch element: contractive by construction.
 3. ``emb = LayerNorm(z*)``.
 
+``forward`` returns ``(emb, info)``: :class:`DEQInfo` holds the solver diagnostics and, in training mode
+with ``jacobian_samples > 0``, a Jacobian penalty to add to the loss.
+
 Every step treats assets symmetrically, so the encoder is **permutation-equivariant across assets**:
 permuting the asset axis of ``x`` permutes the rows of ``emb`` the same way (tested), and any n works.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from portfolio_layers.deq.implicit import fixed_point
+from portfolio_layers.deq.adjoint import Adjoint
+from portfolio_layers.deq.implicit import DEFAULT_ADJOINT, fixed_point
 from portfolio_layers.deq.solution import DEQSolution
-from portfolio_layers.deq.solvers import SolverLike
+from portfolio_layers.deq.solvers import Anderson, SolverLike, make_solver
 from portfolio_layers.deq.stability import jacobian_penalty, normalize_linear
 from portfolio_layers.errors import ConfigError, NonFiniteError, ShapeError
+
+ENCODER_SOLVER = Anderson(max_iter=30)
 
 
 class TemporalInjection(nn.Module):
@@ -116,6 +122,24 @@ class MixingCell(nn.Module):
         return self.step(z, self.prepare(u))
 
 
+@dataclass(frozen=True)
+class DEQInfo:
+    """What :class:`DEQEncoder` reports beside the embeddings.
+
+    Attributes
+    ----------
+    solution : DEQSolution
+        Status, iterations and residuals of the equilibrium, per batch element.
+    jacobian_loss : Tensor of shape () or None
+        Hutchinson estimate of ``||J_f(z*)||_F^2 / dim`` averaged over the batch, differentiable in the
+        cell's parameters (training mode with ``jacobian_samples > 0`` only, else None). Add
+        ``weight * jacobian_loss`` to the training loss to keep the equilibrium well conditioned.
+    """
+
+    solution: DEQSolution
+    jacobian_loss: Tensor | None = None
+
+
 class DEQEncoder(nn.Module):
     """Deep-equilibrium encoder of a market-history window into per-asset embeddings.
 
@@ -133,20 +157,24 @@ class DEQEncoder(nn.Module):
         Lipschitz bound of the cell when ``norm="spectral"``.
     norm : {"spectral", "weight", None}
         Normalization of the cell's linear maps (only "spectral" guarantees contraction).
-    solver, tol, atol, max_iter, backward, backward_solver, backward_tol, backward_atol, backward_max_iter,
-        damping
-        Passed to :func:`~portfolio_layers.deq.fixed_point`.
+    solver : solver instance or name
+        Update and stopping rule of the equilibrium solve (default ``Anderson(max_iter=30)``), see
+        :func:`~portfolio_layers.deq.fixed_point`.
+    adjoint : Implicit, JFB or Unrolled
+        How gradients pass through the equilibrium (default ``Implicit()``).
+    damping : float in [0, 1)
+        Damping of the map, see :func:`~portfolio_layers.deq.fixed_point`.
     jacobian_samples : int
-        If > 0, ``DEQSolution.jacobian_loss`` carries a Hutchinson Jacobian penalty (training mode only).
+        If > 0, ``DEQInfo.jacobian_loss`` carries a Hutchinson Jacobian penalty (training mode only).
     throw : bool
         Raise when the equilibrium is not reached (default False: the best iterate is used and the
-        per-element status is in the returned ``DEQSolution``).
+        per-element status is in ``DEQInfo.solution``).
 
     Notes
     -----
     ``forward(x)`` takes ``x`` of shape (batch, T, n, F), finite (drop feature warm-up rows first), and
-    returns ``(emb, solution)`` with ``emb`` of shape (batch, n, d_model). Permutation-equivariant across
-    assets; any T and n.
+    returns ``(emb, info)`` with ``emb`` of shape (batch, n, d_model) and ``info`` a :class:`DEQInfo`.
+    Permutation-equivariant across assets; any T and n.
     """
 
     def __init__(
@@ -158,15 +186,8 @@ class DEQEncoder(nn.Module):
         d_key: int = 16,
         contraction: float = 0.9,
         norm: str | None = "spectral",
-        solver: SolverLike = "anderson",
-        tol: float = 1e-4,
-        atol: float = 1e-6,
-        max_iter: int = 30,
-        backward: str = "implicit",
-        backward_solver: SolverLike | None = None,
-        backward_tol: float | None = None,
-        backward_atol: float | None = None,
-        backward_max_iter: int | None = None,
+        solver: SolverLike = ENCODER_SOLVER,
+        adjoint: Adjoint = DEFAULT_ADJOINT,
         damping: float = 0.0,
         jacobian_samples: int = 0,
         throw: bool = False,
@@ -178,19 +199,8 @@ class DEQEncoder(nn.Module):
         self.inject = TemporalInjection(n_features, d_model, halflives)
         self.cell = MixingCell(d_model, d_key=d_key, contraction=contraction, norm=norm)
         self.out_norm = nn.LayerNorm(d_model)
-        self.solve_options = {
-            "solver": solver,
-            "tol": tol,
-            "atol": atol,
-            "max_iter": max_iter,
-            "backward": backward,
-            "backward_solver": backward_solver,
-            "backward_tol": backward_tol,
-            "backward_atol": backward_atol,
-            "backward_max_iter": backward_max_iter,
-            "damping": damping,
-            "throw": throw,
-        }
+        self.solver, self.adjoint = make_solver(solver), adjoint
+        self.damping, self.throw = float(damping), bool(throw)
         self.jacobian_samples = int(jacobian_samples)
 
     def _check(self, x: Tensor) -> None:
@@ -206,27 +216,29 @@ class DEQEncoder(nn.Module):
                 "DEQEncoder input holds NaN/inf: drop the feature warm-up rows (FeatureSet.warmup) first."
             )
 
-    def forward(self, x: Tensor, **overrides: object) -> tuple[Tensor, DEQSolution]:
+    def forward(
+        self, x: Tensor, *, solver: SolverLike | None = None, adjoint: Adjoint | None = None
+    ) -> tuple[Tensor, DEQInfo]:
         """Embed ``x`` of shape (batch, T, n, F) into ``emb`` of shape (batch, n, d_model).
 
-        ``overrides`` replace entries of the solver options for this call (``solver``, ``max_iter``,
-        ``backward``...); an unknown key raises ``ConfigError``.
+        ``solver`` and ``adjoint`` replace the encoder's own for this call.
         """
-        unknown = set(overrides) - set(self.solve_options)
-        if unknown:
-            raise ConfigError(
-                f"Unknown DEQEncoder option(s) {sorted(unknown)}; known: {sorted(self.solve_options)}."
-            )
         self._check(x)
-        opts = {**self.solve_options, **overrides}
         u = self.inject(x)
         prepared = self.cell.prepare(u)  # capped weights computed once, with autograd on
 
         def f(z: Tensor) -> Tensor:
             return self.cell.step(z, prepared)
 
-        z, sol = fixed_point(f, torch.zeros_like(u), **opts)
+        z, sol = fixed_point(
+            f,
+            torch.zeros_like(u),
+            solver=self.solver if solver is None else solver,
+            adjoint=self.adjoint if adjoint is None else adjoint,
+            damping=self.damping,
+            throw=self.throw,
+        )
+        jac = None
         if self.jacobian_samples > 0 and self.training and torch.is_grad_enabled():
             jac = jacobian_penalty(f, z.detach(), samples=self.jacobian_samples)
-            sol = dataclasses.replace(sol, jacobian_loss=jac)
-        return self.out_norm(z), sol
+        return self.out_norm(z), DEQInfo(sol, jac)

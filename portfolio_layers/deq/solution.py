@@ -1,35 +1,28 @@
-"""Result of a fixed-point solve: :class:`DEQSolution`, its :class:`Status` codes and the ``throw`` policy."""
+"""Result of a fixed-point solve: :class:`DEQSolution` and its :class:`Status` codes."""
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
-from typing import Any
 
-import torch
 from torch import Tensor
 
-from portfolio_layers.errors import ConvergenceError
+from portfolio_layers.errors import ConvergenceError, StatusCode
 
 
-class Status(enum.IntEnum):
-    """Per-batch-element outcome of a fixed-point solve."""
+class Status(StatusCode):
+    """Per-batch-element outcome of a fixed-point solve (stored as ``int64``)."""
 
-    CONVERGED = 0
-    MAX_ITER = 1
-    NONFINITE = 2
-
-    @property
-    def message(self) -> str:
-        """A human-readable explanation of the status."""
-        return _MESSAGES[self]
-
-
-_MESSAGES = {
-    Status.CONVERGED: "converged: the residual ||f(z) - z|| is below atol + tol * ||f(z)||",
-    Status.MAX_ITER: "hit max_iter before reaching the tolerance; the best iterate found is returned",
-    Status.NONFINITE: "f produced NaN or infinite values at every iterate tried for this element",
-}
+    CONVERGED = 0, "converged: the residual ||f(z) - z|| is below atol + tol * ||f(z)||"
+    MAX_ITER = (
+        1,
+        "hit max_iter before reaching the tolerance; the best iterate found is returned",
+        ConvergenceError,
+    )
+    NONFINITE = (
+        2,
+        "f produced NaN or infinite values at every iterate tried for this element",
+        ConvergenceError,
+    )
 
 
 @dataclass(frozen=True)
@@ -49,16 +42,9 @@ class DEQSolution:
     solver : str
         Name of the forward solver.
     backward : str
-        Backward mode: ``"implicit"``, ``"jfb"`` or ``"unrolled"``.
+        Name of the adjoint: ``"implicit"``, ``"jfb"`` or ``"unrolled"``.
     trace : Tensor of shape (iterations + 1, batch) or None
         Absolute residual of every element after every iteration (only with ``trace=True``).
-    adjoint : AdjointStats or None
-        With ``backward="implicit"``: status, iterations and residual of the adjoint solve, filled in by
-        each backward pass (the only mutable part of the result).
-    jacobian_loss : Tensor of shape () or None
-        Hutchinson estimate of ``||J_f(z*)||_F^2 / dim`` averaged over the batch, differentiable in the
-        parameters of ``f`` (only with ``jacobian_samples > 0``). Add ``weight * jacobian_loss`` to the
-        training loss to keep the equilibrium well conditioned.
     """
 
     status: Tensor
@@ -68,13 +54,11 @@ class DEQSolution:
     solver: str
     backward: str
     trace: Tensor | None = None
-    jacobian_loss: Tensor | None = None
-    adjoint: Any = None
 
     @property
     def converged(self) -> Tensor:
         """Tensor of shape (batch,), bool: elements with status ``CONVERGED``."""
-        return self.status == Status.CONVERGED
+        return ~Status.failed(self.status)
 
     @property
     def all_converged(self) -> bool:
@@ -92,33 +76,24 @@ class DEQSolution:
         )
 
 
-def raise_if_failed(sol: DEQSolution, where: str, *, hint: str | None = None) -> None:
-    """Raise :class:`ConvergenceError` naming the failing batch elements, if any.
+def raise_for_failure(
+    status: Tensor, abs_residual: Tensor, iterations: Tensor, where: str, *, hint: str
+) -> None:
+    """:meth:`Status.raise_for` with the worst residual and the iteration count of the failing elements.
 
     Parameters
     ----------
-    sol : DEQSolution
-        The solution to check.
+    status, abs_residual, iterations : Tensor of shape (batch,)
+        As in :class:`DEQSolution`.
     where : str
-        What was being solved (``"fixed_point"``, ``"adjoint fixed point"``), used in the message.
-    hint : str, optional
-        What to try, replacing the default advice.
+        What was solved, with its solver (``"fixed_point (anderson)"``).
+    hint : str
+        What to try.
     """
-    failed = torch.nonzero(sol.status != Status.CONVERGED).flatten().tolist()
-    if not failed:
-        return
-    shown = failed[:10]
-    more = f" (and {len(failed) - 10} more)" if len(failed) > 10 else ""
-    statuses = sorted({Status(int(sol.status[i])).name for i in failed})
-    worst = float(sol.abs_residual[failed].max())
-    if hint is None:
-        hint = (
-            "Try a larger max_iter, solver='anderson', damping=0.5, or make f contractive "
-            "(spectral_normalize the cell's linear maps); pass throw=False to get the best iterate "
-            "and statuses."
+    failed = Status.failed(status)
+    if bool(failed.any()):
+        detail = (
+            f"Absolute residual up to {float(abs_residual[failed].max()):.3e} after "
+            f"{int(iterations.max())} iterations."
         )
-    raise ConvergenceError(
-        f"{where} ({sol.solver}) failed for batch elements {shown}{more}: status {', '.join(statuses)}, "
-        f"absolute residual up to {worst:.3e} after {int(sol.iterations.max())} iterations. {hint}",
-        indices=[(i,) for i in failed],
-    )
+        Status.raise_for(status, where, detail=detail, hint=hint)

@@ -1,14 +1,16 @@
 """Fixed-point solvers: one generic iteration loop (:func:`iterate`) and one update step per solver.
 
-A solver is a frozen dataclass of hyperparameters with two methods, ``init(z, fz) -> state`` and
+A solver is a frozen dataclass of hyperparameters: the stopping rule ``tol, atol, max_iter`` of the base
+:class:`FixedPointSolver`, plus its own. It has two methods, ``init(z, fz) -> state`` and
 ``step(state, z, fz) -> (z_next, state)``, acting on flattened iterates ``z, fz`` of shape (batch, D).
 Its state is passed in and returned, never stored on the solver. Everything else (residuals,
 per-element stopping, best-iterate tracking, non-finite guards, traces) lives in :func:`iterate`,
-so a new solver writes only its update.
+so a new solver subclasses :class:`FixedPointSolver` and writes only its update.
 """
 
 from __future__ import annotations
 
+import abc
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,8 +23,46 @@ from portfolio_layers.deq.solution import Status
 from portfolio_layers.errors import ConfigError, NonFiniteError, ShapeError
 
 
+@dataclass(frozen=True, kw_only=True)
+class FixedPointSolver(abc.ABC):
+    """Base of the fixed-point solvers: the stopping rule, and the two methods a solver writes.
+
+    Attributes
+    ----------
+    tol, atol : float
+        Element ``b`` has converged when ``||f(z_b) - z_b|| <= atol + tol * ||f(z_b)||`` (norms over the
+        flattened element). The relative part accepts any ``z`` that is a fixed point to relative accuracy
+        ``tol``, including a far-off iterate when ``f(z) - z`` stays bounded; set ``tol=0`` for an
+        absolute criterion only.
+    max_iter : int
+        Maximum number of solver updates.
+    """
+
+    tol: float = 1e-4
+    atol: float = 1e-6
+    max_iter: int = 50
+    name: ClassVar[str]
+
+    def __post_init__(self) -> None:
+        what = type(self).__name__
+        if not (self.tol >= 0 and self.atol >= 0 and self.tol + self.atol > 0):
+            raise ConfigError(
+                f"{what}: tol and atol must be >= 0 and not both zero, got tol={self.tol}, atol={self.atol}."
+            )
+        if int(self.max_iter) != self.max_iter or self.max_iter < 0:
+            raise ConfigError(f"{what}: max_iter must be a non-negative integer, got {self.max_iter}.")
+
+    @abc.abstractmethod
+    def init(self, z: Tensor, fz: Tensor) -> Any:
+        """The solver state before the first step; ``z, fz`` of shape (batch, D)."""
+
+    @abc.abstractmethod
+    def step(self, state: Any, z: Tensor, fz: Tensor) -> tuple[Tensor, Any]:
+        """The next iterate, of shape (batch, D), and the next state."""
+
+
 @dataclass(frozen=True)
-class Picard:
+class Picard(FixedPointSolver):
     """Plain (optionally relaxed) fixed-point iteration ``z <- (1 - relax) z + relax f(z)``.
 
     Converges linearly at the contraction rate of ``f``. ``relax`` in (0, 1].
@@ -32,6 +72,7 @@ class Picard:
     name: ClassVar[str] = "picard"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not 0.0 < self.relax <= 1.0:
             raise ConfigError(f"Picard relax must be in (0, 1], got {self.relax}.")
 
@@ -43,7 +84,7 @@ class Picard:
 
 
 @dataclass(frozen=True)
-class Anderson:
+class Anderson(FixedPointSolver):
     """Anderson acceleration (type II) with a memory of ``m`` past iterates.
 
     Picks weights ``alpha`` (summing to one) minimizing ``||sum_i alpha_i (f(z_i) - z_i)||^2 + reg``,
@@ -57,6 +98,7 @@ class Anderson:
     name: ClassVar[str] = "anderson"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.m < 1:
             raise ConfigError(f"Anderson memory m must be >= 1, got {self.m}.")
         if not 0.0 < self.beta <= 1.0:
@@ -96,7 +138,7 @@ class Anderson:
 
 
 @dataclass(frozen=True)
-class Broyden:
+class Broyden(FixedPointSolver):
     """Limited-memory "good" Broyden method on ``g(z) = f(z) - z``.
 
     Keeps an inverse-Jacobian estimate ``H = -I + sum_i u_i v_i'`` (the ``memory`` most recent rank-one
@@ -111,6 +153,7 @@ class Broyden:
     name: ClassVar[str] = "broyden"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.memory < 1:
             raise ConfigError(f"Broyden memory must be >= 1, got {self.memory}.")
         if self.restart <= 1.0:
@@ -153,14 +196,15 @@ class Broyden:
         return z_next, {"U": U, "V": V, "prev": (z, g), "best": best}
 
 
-SOLVERS: dict[str, type] = {"picard": Picard, "anderson": Anderson, "broyden": Broyden}
+SOLVERS: dict[str, type[FixedPointSolver]] = {"picard": Picard, "anderson": Anderson, "broyden": Broyden}
 
-SolverLike = str | Picard | Anderson | Broyden
+SolverLike = str | FixedPointSolver
 
 
-def make_solver(spec: SolverLike) -> Picard | Anderson | Broyden:
-    """Return a solver instance from a name (``"picard"``, ``"anderson"``, ``"broyden"``) or an instance."""
-    if isinstance(spec, Picard | Anderson | Broyden):
+def make_solver(spec: SolverLike) -> FixedPointSolver:
+    """Return a solver from a name (``"picard"``, ``"anderson"``, ``"broyden"``: default settings) or an
+    instance (returned as is)."""
+    if isinstance(spec, FixedPointSolver):
         return spec
     if isinstance(spec, str) and spec in SOLVERS:
         return SOLVERS[spec]()
@@ -194,14 +238,7 @@ def _residuals(z: Tensor, fz: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
 
 
 def iterate(
-    f: Callable[[Tensor], Tensor],
-    z0: Tensor,
-    solver: Picard | Anderson | Broyden,
-    *,
-    tol: float,
-    atol: float,
-    max_iter: int,
-    trace: bool = False,
+    f: Callable[[Tensor], Tensor], z0: Tensor, solver: FixedPointSolver, *, trace: bool = False
 ) -> IterateResult:
     """Run ``solver`` on ``z = f(z)`` from ``z0`` with per-batch-element stopping.
 
@@ -216,11 +253,8 @@ def iterate(
     f : callable, Tensor of shape (B, ...) -> Tensor of the same shape
     z0 : Tensor of shape (B, ...)
         Starting point; the first dimension is the batch.
-    solver : Picard, Anderson or Broyden
-    tol, atol : float
-        Relative and absolute tolerances.
-    max_iter : int
-        Maximum number of solver updates.
+    solver : FixedPointSolver
+        The update, and the stopping rule ``tol, atol, max_iter``.
     trace : bool
         Record the absolute residual of every element after every iteration.
 
@@ -233,6 +267,7 @@ def iterate(
     if not torch.isfinite(z0).all():
         raise NonFiniteError("z0 holds NaN or infinite values; start from zeros or a finite guess.")
     shape, B = z0.shape, z0.shape[0]
+    tol, atol = solver.tol, solver.atol
 
     def g(flat: Tensor) -> Tensor:
         out = f(flat.reshape(shape))
@@ -251,7 +286,7 @@ def iterate(
     iters = torch.zeros(B, dtype=torch.long, device=z.device)
     traces = [res] if trace else []
     state = solver.init(z, fz)
-    for _ in range(max_iter):
+    for _ in range(int(solver.max_iter)):
         if not bool(active.any()):
             break
         z_next, state = solver.step(state, z, torch.where(finite.unsqueeze(-1), fz, z))

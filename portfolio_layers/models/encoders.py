@@ -2,7 +2,7 @@
 
 Every encoder maps a window ``x`` of shape ``(batch, T, n, F)`` (T rows, n assets, F features per asset
 and row) to per-asset embeddings ``(batch, n, d)`` and returns ``(emb, info)``; ``info`` is the
-:class:`~portfolio_layers.deq.DEQSolution` of the equilibrium for the DEQ and ``None`` for the baselines.
+:class:`~portfolio_layers.deq.DEQInfo` of the equilibrium for the DEQ and ``None`` for the baselines.
 All of them accept any T and n and are permutation-equivariant across assets: the per-asset maps share
 weights and assets exchange information only through a mean over assets.
 """

@@ -38,8 +38,9 @@ class NetOutput:
     cov : Tensor of shape (batch, n, n)
         Annualised covariance (positive definite).
     risk_aversion : Tensor of shape ()
-    deq : DEQSolution or None
-        Diagnostics of the encoder's equilibrium (``None`` for explicit encoders).
+    deq : DEQInfo or None
+        The DEQ encoder's report: its equilibrium's ``solution`` and ``jacobian_loss`` (``None`` for explicit
+        encoders).
     qp : QPSolution or None
         Diagnostics of the QP solve.
     """

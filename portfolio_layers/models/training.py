@@ -21,9 +21,11 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from portfolio_layers.atomic import atomic_write_bytes
+from portfolio_layers.deq import Status as DEQStatus
 from portfolio_layers.errors import ConfigError, DataError
 from portfolio_layers.models.losses import LOSSES, PERIODS_PER_YEAR, mse_loss, portfolio_loss
 from portfolio_layers.models.samples import Batch, WindowData, drift_weights
+from portfolio_layers.qp import Status as QPStatus
 
 logger = logging.getLogger(__name__)
 
@@ -178,12 +180,13 @@ def _diagnostics(out, grad_norm: float) -> dict:
     diag = {"grad_norm": grad_norm}
     deq, qp = getattr(out, "deq", None), getattr(out, "qp", None)
     if deq is not None:
-        diag["deq_iterations"] = float(deq.iterations.float().mean())
-        diag["deq_residual"] = float(deq.rel_residual.max())
-        diag["deq_failed"] = int((deq.status != 0).sum())
+        sol = deq.solution
+        diag["deq_iterations"] = float(sol.iterations.float().mean())
+        diag["deq_residual"] = float(sol.rel_residual.max())
+        diag["deq_failed"] = int(DEQStatus.failed(sol.status).sum())
     if qp is not None:
         diag["qp_iterations"] = float(qp.iterations.float().mean())
-        diag["qp_failed"] = int((qp.status != 0).sum())
+        diag["qp_failed"] = int(QPStatus.failed(qp.status).sum())
     return diag
 
 

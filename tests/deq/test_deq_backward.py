@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
 
 from portfolio_layers.deq import (
+    JFB,
+    AdjointStats,
+    Implicit,
+    Picard,
     Status,
+    Unrolled,
     fixed_point,
     jacobian_penalty,
+    make_solver,
     normalize_linear,
     spectral_normalize,
     weight_normalize,
@@ -18,6 +26,12 @@ from portfolio_layers.errors import ConfigError, ConvergenceError
 
 SOLVERS = ["picard", "anderson", "broyden"]
 TIGHT = {"tol": 1e-12, "atol": 1e-12, "max_iter": 600}
+ADJOINTS = {"implicit": Implicit(), "jfb": JFB(), "unrolled": Unrolled()}
+
+
+def tight(name):
+    """The named solver, run to 1e-12."""
+    return dataclasses.replace(make_solver(name), **TIGHT)
 
 
 def problem(n=5, batch=3, rho=0.8, seed=0):
@@ -39,7 +53,7 @@ def grads(z, c, params):
 def test_linear_gradients_match_closed_form(solver, backward):
     W, U, x, c = problem()
     f = lambda z: z @ W.T + x @ U.T  # noqa: E731
-    z, _ = fixed_point(f, torch.zeros_like(x), solver=solver, backward=backward, **TIGHT)
+    z, _ = fixed_point(f, torch.zeros_like(x), solver=tight(solver), adjoint=ADJOINTS[backward])
     n = W.shape[0]
     z_cf = torch.linalg.solve(torch.eye(n, dtype=W.dtype) - W, (x @ U.T).T).T
     for got, want in zip(grads(z, c, [W, U, x]), grads(z_cf, c, [W, U, x]), strict=True):
@@ -50,22 +64,24 @@ def test_linear_gradients_match_closed_form(solver, backward):
 def test_adjoint_solver_choice_gives_same_gradient(backward_solver):
     W, U, x, c = problem(seed=1)
     f = lambda z: torch.tanh(z @ W.T + x @ U.T)  # noqa: E731
-    z, sol = fixed_point(f, torch.zeros_like(x), backward_solver=backward_solver, **TIGHT)
-    z_u, _ = fixed_point(f, torch.zeros_like(x), backward="unrolled", **TIGHT)
+    stats = AdjointStats()
+    adjoint = Implicit(solver=tight(backward_solver), record=stats)
+    z, sol = fixed_point(f, torch.zeros_like(x), solver=tight("anderson"), adjoint=adjoint)
+    z_u, _ = fixed_point(f, torch.zeros_like(x), solver=tight("anderson"), adjoint=Unrolled())
     for got, want in zip(grads(z, c, [W, U, x]), grads(z_u, c, [W, U, x]), strict=True):
         torch.testing.assert_close(got, want, rtol=1e-8, atol=1e-9)
-    assert sol.adjoint.calls == 1 and bool((sol.adjoint.status == Status.CONVERGED).all())
+    assert stats.calls == 1 and bool((stats.status == Status.CONVERGED).all())
 
 
 def test_jfb_is_the_gradient_through_the_last_application():
     W, U, x, c = problem(seed=2)
     f = lambda z: torch.tanh(z @ W.T + x @ U.T)  # noqa: E731
-    z, _ = fixed_point(f, torch.zeros_like(x), backward="jfb", **TIGHT)
+    z, _ = fixed_point(f, torch.zeros_like(x), solver=tight("anderson"), adjoint=JFB())
     z_star = z.detach()  # converged: f(z*) = z*
     want = grads(f(z_star), c, [W, U, x])
     for got, w in zip(grads(z, c, [W, U, x]), want, strict=True):
         torch.testing.assert_close(got, w, rtol=1e-10, atol=1e-12)
-    z_impl, _ = fixed_point(f, torch.zeros_like(x), **TIGHT)
+    z_impl, _ = fixed_point(f, torch.zeros_like(x), solver=tight("anderson"))
     assert not torch.allclose(grads(z_impl, c, [W])[0], want[0], rtol=1e-3)  # JFB is not the exact gradient
 
 
@@ -75,7 +91,7 @@ def test_gradcheck_small_deq(solver):
 
     def fn(W, U, x):
         f = lambda z: torch.tanh(z @ W.T + x @ U.T)  # noqa: E731
-        return fixed_point(f, torch.zeros_like(x), solver=solver, **TIGHT)[0]
+        return fixed_point(f, torch.zeros_like(x), solver=tight(solver))[0]
 
     assert torch.autograd.gradcheck(fn, (W, U, x), eps=1e-6, atol=1e-6, rtol=1e-5)
 
@@ -97,8 +113,8 @@ def test_implicit_graph_does_not_grow_with_iterations_unrolled_does():
     sizes = {}
     for backward in ["implicit", "unrolled"]:
         for iters in [5, 40]:
-            z, sol = fixed_point(f, torch.zeros_like(x), solver="picard", backward=backward,
-                                 tol=0.0, atol=1e-300, max_iter=iters, throw=False)  # fmt: skip
+            z, sol = fixed_point(f, torch.zeros_like(x), solver=Picard(tol=0.0, atol=1e-300, max_iter=iters),
+                                 adjoint=ADJOINTS[backward], throw=False)  # fmt: skip
             assert int(sol.iterations.max()) == iters
             sizes[backward, iters] = _graph_size(z)
     assert sizes["implicit", 5] == sizes["implicit", 40]
@@ -108,14 +124,15 @@ def test_implicit_graph_does_not_grow_with_iterations_unrolled_does():
 def test_failed_adjoint_raises_under_throw_and_warns_otherwise():
     W, U, x, c = problem(rho=0.95, seed=4)
     f = lambda z: torch.tanh(z @ W.T + x @ U.T)  # noqa: E731
-    bkw = {"backward_solver": "picard", "backward_max_iter": 2, "backward_tol": 1e-14, "backward_atol": 0.0}
-    z, _ = fixed_point(f, torch.zeros_like(x), **TIGHT, **bkw)
+    stats = AdjointStats()
+    bkw = {"solver": tight("anderson"), "adjoint": Implicit(Picard(max_iter=2, tol=1e-14, atol=0.0), stats)}
+    z, _ = fixed_point(f, torch.zeros_like(x), **bkw)
     with pytest.raises(ConvergenceError, match="adjoint"):
         (z * c).sum().backward()
-    z, sol = fixed_point(f, torch.zeros_like(x), throw=False, **TIGHT, **bkw)
+    z, sol = fixed_point(f, torch.zeros_like(x), throw=False, **bkw)
     with pytest.warns(RuntimeWarning, match="adjoint"):
         (z * c).sum().backward()
-    assert bool((sol.adjoint.status == Status.MAX_ITER).all()) and torch.isfinite(W.grad).all()
+    assert bool((stats.status == Status.MAX_ITER).all()) and torch.isfinite(W.grad).all()
 
 
 def test_jacobian_penalty_estimates_frobenius_norm():
@@ -127,8 +144,10 @@ def test_jacobian_penalty_estimates_frobenius_norm():
     assert abs(est.item() - exact.item()) < 0.08 * exact.item()
     (gW,) = torch.autograd.grad(est, W)
     torch.testing.assert_close(gW, 2 * W.detach() / n, rtol=0.15, atol=0.05)
-    _, sol = fixed_point(lambda z: 0.5 * z @ W.T / torch.linalg.matrix_norm(W, 2) + 1, z, jacobian_samples=2)
-    assert sol.jacobian_loss.requires_grad and sol.jacobian_loss.shape == ()
+    f = lambda z: 0.5 * z @ W.T / torch.linalg.matrix_norm(W, 2) + 1  # noqa: E731
+    z_star, _ = fixed_point(f, z)
+    jacobian_loss = jacobian_penalty(f, z_star.detach(), samples=2)
+    assert jacobian_loss.requires_grad and jacobian_loss.shape == ()
     with pytest.raises(ConfigError):
         jacobian_penalty(lambda z: z, z, samples=0)
 

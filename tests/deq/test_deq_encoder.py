@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from portfolio_layers.deq import DEQEncoder, MixingCell, Status
+from portfolio_layers.deq import JFB, Anderson, Broyden, DEQEncoder, Implicit, MixingCell, Status, Unrolled
 from portfolio_layers.errors import ConfigError, ConvergenceError, NonFiniteError, ShapeError
 
 TIGHT = {"tol": 1e-12, "atol": 1e-12, "max_iter": 400}
+ADJOINTS = {"implicit": Implicit(), "jfb": JFB(), "unrolled": Unrolled()}
 
 
 def make(F=4, d=8, seed=0, **kw):
@@ -23,7 +24,8 @@ def window(B=2, T=15, n=5, F=4, seed=1):
 @pytest.mark.parametrize(("T", "n"), [(1, 1), (15, 3), (30, 17)])
 def test_output_shape_for_any_number_of_assets(T, n):
     enc = make()
-    emb, sol = enc(window(T=T, n=n))
+    emb, info = enc(window(T=T, n=n))
+    sol = info.solution
     assert emb.shape == (2, n, 8)
     assert sol.status.shape == (2,) and bool((sol.status == Status.CONVERGED).all())
     assert torch.isfinite(emb).all()
@@ -33,8 +35,8 @@ def test_permutation_equivariant_across_assets():
     enc = make()
     x = window(n=7)
     perm = torch.randperm(7, generator=torch.Generator().manual_seed(2))
-    emb, _ = enc(x, **TIGHT)
-    emb_p, _ = enc(x[:, :, perm], **TIGHT)
+    emb, _ = enc(x, solver=Anderson(**TIGHT))
+    emb_p, _ = enc(x[:, :, perm], solver=Anderson(**TIGHT))
     torch.testing.assert_close(emb_p, emb[:, perm], rtol=1e-9, atol=1e-9)
 
 
@@ -61,8 +63,9 @@ def test_implicit_gradients_match_unrolled_to_convergence(solver):
     params = [x, *enc.parameters()]
     out = {}
     for backward in ["implicit", "unrolled"]:
-        emb, sol = enc(x, solver=solver, backward=backward, **TIGHT)
-        assert sol.all_converged
+        tight = {"anderson": Anderson, "broyden": Broyden}[solver](**TIGHT)
+        emb, info = enc(x, solver=tight, adjoint=ADJOINTS[backward])
+        assert info.solution.all_converged
         out[backward] = torch.autograd.grad((emb * c).sum(), params)
     for gi, gu in zip(out["implicit"], out["unrolled"], strict=True):
         torch.testing.assert_close(gi, gu, rtol=1e-7, atol=1e-9)
@@ -72,14 +75,16 @@ def test_implicit_gradients_match_unrolled_to_convergence(solver):
 def test_gradcheck_encoder_input():
     enc = make(F=1, d=3, seed=7)
     x = window(B=1, T=3, n=2, F=1, seed=8).requires_grad_()
-    assert torch.autograd.gradcheck(lambda x: enc(x, **TIGHT)[0], (x,), eps=1e-6, atol=1e-6, rtol=1e-5)
+    assert torch.autograd.gradcheck(
+        lambda x: enc(x, solver=Anderson(**TIGHT))[0], (x,), eps=1e-6, atol=1e-6, rtol=1e-5
+    )
 
 
 def test_all_cell_parameters_receive_gradients_in_every_mode():
     enc = make(seed=9).train()
     for backward in ["implicit", "jfb", "unrolled"]:
         enc.zero_grad()
-        emb, _ = enc(window(seed=10), backward=backward)
+        emb, _ = enc(window(seed=10), adjoint=ADJOINTS[backward])
         emb.pow(3).sum().backward()
         missing = [name for name, p in enc.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
         assert missing == [], (backward, missing)
@@ -87,19 +92,19 @@ def test_all_cell_parameters_receive_gradients_in_every_mode():
 
 def test_jacobian_penalty_in_training_mode_only():
     enc = make(jacobian_samples=2).train()
-    _, sol = enc(window())
-    assert sol.jacobian_loss is not None and sol.jacobian_loss.requires_grad
-    sol.jacobian_loss.backward()
+    _, info = enc(window())
+    assert info.jacobian_loss is not None and info.jacobian_loss.requires_grad
+    info.jacobian_loss.backward()
     assert enc.cell.mix_logits.grad is not None
-    _, sol_eval = enc.eval()(window())
-    assert sol_eval.jacobian_loss is None
+    _, info_eval = enc.eval()(window())
+    assert info_eval.jacobian_loss is None
 
 
 def test_float32_close_to_float64():
     enc = make()
     x = window()
-    emb64, _ = enc(x, tol=1e-10, atol=0.0)
-    emb32, _ = enc.float()(x.float(), tol=1e-6, atol=0.0)
+    emb64, _ = enc(x, solver=Anderson(tol=1e-10, atol=0.0, max_iter=30))
+    emb32, _ = enc.float()(x.float(), solver=Anderson(tol=1e-6, atol=0.0, max_iter=30))
     torch.testing.assert_close(emb32.double(), emb64, rtol=1e-3, atol=1e-3)
 
 
@@ -113,8 +118,8 @@ def test_bad_input_and_options():
     x[0, 3, 1, 2] = float("nan")
     with pytest.raises(NonFiniteError, match="warm-up"):
         enc(x)
-    with pytest.raises(ConfigError, match="Unknown DEQEncoder option"):
-        enc(window(), max_iters=3)
+    with pytest.raises(ConfigError, match="Unknown fixed-point solver"):
+        enc(window(), solver="newton")
     with pytest.raises(ConfigError, match="contraction"):
         DEQEncoder(4, 8, contraction=1.0)
     with pytest.raises(ConfigError, match="halflives"):
@@ -126,17 +131,17 @@ def test_bad_input_and_options():
 def test_cpu_equals_cuda():
     enc = make()
     x = window()
-    emb_cpu, _ = enc(x, **TIGHT)
-    emb_gpu, _ = enc.cuda()(x.cuda(), **TIGHT)
+    emb_cpu, _ = enc(x, solver=Anderson(**TIGHT))
+    emb_gpu, _ = enc.cuda()(x.cuda(), solver=Anderson(**TIGHT))
     torch.testing.assert_close(emb_gpu.cpu(), emb_cpu, rtol=1e-8, atol=1e-8)
 
 
 def test_throw_and_damping_options():
-    enc = make(throw=True, max_iter=2, tol=1e-12, atol=0.0)
+    enc = make(throw=True, solver=Anderson(max_iter=2, tol=1e-12, atol=0.0))
     with pytest.raises(ConvergenceError, match="fixed_point"):
         enc(window())
-    emb, sol = make(damping=0.3)(window(), **TIGHT)
-    emb_ref, _ = make()(window(), **TIGHT)
+    emb, _ = make(damping=0.3)(window(), solver=Anderson(**TIGHT))
+    emb_ref, _ = make()(window(), solver=Anderson(**TIGHT))
     torch.testing.assert_close(emb, emb_ref, rtol=1e-8, atol=1e-8)  # same equilibrium
 
 
