@@ -4,6 +4,9 @@ A request ``(tickers, start, end)`` is stored as one CSV file in the cache direc
 is answered from the file without touching the network. The cache directory is, in order: the ``cache_dir``
 argument, the ``PORTFOLIO_LAYERS_CACHE`` environment variable, ``$XDG_CACHE_HOME/portfolio_layers/prices``,
 ``~/.cache/portfolio_layers/prices``.
+
+A damaged cache file (empty, binary, not the CSV this module wrote) is not an error: a warning names it and
+the prices are downloaded again, replacing it. Cache files can be deleted at any time.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import io
 import logging
 import os
 import re
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -119,11 +123,16 @@ def download_prices(
     DataFrame of shape (T, n)
         Prices, float64, DatetimeIndex named ``"date"``, one column per ticker in the order given.
 
+    Warns
+    -----
+    UserWarning
+        The cache file of the request is damaged (empty, binary, garbled): downloaded again, replaced.
+
     Raises
     ------
     DataUnavailableError
-        The request is not cached and the download failed (offline?). The message names the cache file and the
-        embedded dataset that works offline.
+        The request is not cached (or its cache file is damaged) and the download failed (offline?). The
+        message names the cache file and the embedded dataset that works offline.
     DataError
         Unknown tickers (no data returned for them), invalid prices.
     """
@@ -133,14 +142,37 @@ def download_prices(
         raise DataError(f"start {start_s} must be before end {end_s}.")
     folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     path = cache_path(symbols, start_s, end_s, folder)
+    damage = None
     if path.is_file() and not refresh:
-        logger.info("prices from cache %s", path)
-        raw = pd.read_csv(path, index_col=0, parse_dates=True)
-        return validate_prices(raw.reindex(columns=symbols), missing=missing, source=str(path))
-    closes = _fetch(symbols, start_s, end_s, path)
+        cached, damage = _read_cache(path, symbols)
+        if cached is not None:
+            logger.info("prices from cache %s", path)
+            return validate_prices(cached, missing=missing, source=str(path))
+        warnings.warn(
+            f"the price cache file {path} is damaged ({damage}); downloading the prices again to replace it "
+            "(the file can be deleted safely).",
+            stacklevel=2,
+        )
+    closes = _fetch(symbols, start_s, end_s, path, damage)
     atomic_write_text(path, _to_csv(closes))
     logger.info("downloaded %d tickers into %s", len(symbols), path)
     return validate_prices(closes, missing=missing, source=f"Yahoo Finance ({', '.join(symbols)})")
+
+
+def _read_cache(path: Path, symbols: list[str]) -> tuple[pd.DataFrame | None, str | None]:
+    """The cached closes ``(T, n)`` in the order of ``symbols`` and None, or None and what is damaged."""
+    try:
+        with warnings.catch_warnings():  # pandas warns when a damaged first column does not parse as dates
+            warnings.simplefilter("ignore", UserWarning)
+            raw = pd.read_csv(path, index_col=0, parse_dates=True)
+    except (OSError, ValueError, pd.errors.ParserError) as exc:  # empty, binary (undecodable), garbled
+        return None, " ".join(f"{type(exc).__name__}: {exc}".split())
+    absent = [s for s in symbols if s not in raw.columns]
+    if absent:
+        return None, f"no column for {absent}"
+    if not isinstance(raw.index, pd.DatetimeIndex):
+        return None, "its first column does not hold dates"
+    return raw[symbols], None
 
 
 def _to_csv(frame: pd.DataFrame) -> str:
@@ -149,10 +181,15 @@ def _to_csv(frame: pd.DataFrame) -> str:
     return buf.getvalue()
 
 
-def _fetch(symbols: list[str], start: str, end: str, path: Path) -> pd.DataFrame:
+def _fetch(symbols: list[str], start: str, end: str, path: Path, damage: str | None = None) -> pd.DataFrame:
+    cache_state = (
+        f"The cache file {path} is damaged ({damage}) and was not replaced; it can be deleted safely."
+        if damage is not None
+        else f"The request is not cached (looked for {path}; set {CACHE_ENV} or pass cache_dir to use "
+        "another cache)."
+    )
     offline_hint = (
-        f"The request is not cached (looked for {path}; set {CACHE_ENV} or pass cache_dir to use another "
-        f"cache). Offline, use the embedded dataset instead: load_prices('sp500') or --prices sp500 "
+        f"{cache_state} Offline, use the embedded dataset instead: load_prices('sp500') or --prices sp500 "
         f"(embedded: {', '.join(sorted(EMBEDDED_DATASETS))})."
     )
     try:

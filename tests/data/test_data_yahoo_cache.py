@@ -89,3 +89,31 @@ def test_cache_dir_from_environment(tmp_path, monkeypatch):
     monkeypatch.setattr(yfinance, "download", FakeDownload())
     download_prices(["MSFT"], "2021-01-04", "2021-01-15")
     assert len(list((tmp_path / "envcache").glob("*.csv"))) == 1
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [b"", bytes(range(256)) * 4, b"not,a,price\nfile,at,all\n", b"date,AAPL,MSFT\n0,1,2\n1,2,3\n"],
+    ids=["empty", "binary", "other-csv", "no-dates"],
+)
+def test_damaged_cache_file_is_downloaded_again_with_a_warning(tmp_path, monkeypatch, damage):
+    fake = FakeDownload()
+    monkeypatch.setattr(yfinance, "download", fake)
+    first = download_prices(["AAPL", "MSFT"], "2021-01-04", "2021-01-15", cache_dir=tmp_path)
+    (path,) = tmp_path.glob("*.csv")
+    path.write_bytes(damage)
+    with pytest.warns(UserWarning, match=rf"cache file {path} is damaged.*can be deleted"):
+        again = download_prices(["AAPL", "MSFT"], "2021-01-04", "2021-01-15", cache_dir=tmp_path)
+    pd.testing.assert_frame_equal(first, again, check_freq=False)
+    assert len(fake.calls) == 2
+    download_prices(["AAPL", "MSFT"], "2021-01-04", "2021-01-15", cache_dir=tmp_path)  # replaced: no warning
+    assert len(fake.calls) == 2
+
+
+def test_damaged_cache_file_offline_names_the_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(yfinance, "download", FakeDownload(fail=ConnectionError("no route to host")))
+    (tmp_path / "yahoo_AAPL_2021-01-04_2021-01-15.csv").write_bytes(b"")
+    with pytest.warns(UserWarning, match="damaged"), pytest.raises(DataUnavailableError) as info:
+        download_prices(["AAPL"], "2021-01-04", "2021-01-15", cache_dir=tmp_path)
+    msg = str(info.value)
+    assert "yahoo_AAPL_2021-01-04_2021-01-15.csv is damaged" in msg and "deleted" in msg and "sp500" in msg
