@@ -7,6 +7,7 @@ import inspect
 
 import pytest
 
+from portfolio_layers import registry
 from portfolio_layers.backtest import BacktestConfig, Strategy
 from portfolio_layers.backtest.strategies import EqualWeight, MeanVariance
 from portfolio_layers.errors import ConfigError
@@ -44,8 +45,31 @@ def test_every_name_builds_a_strategy_of_that_name(name):
 def test_learned_names_fix_encoder_and_loss():
     assert set(LEARNED) <= set(available_strategies())
     for name, (encoder, loss) in LEARNED.items():
-        strategy = make_strategy(name, epochs=1)
-        assert strategy.encoder == encoder and strategy.train_config.loss == loss and strategy.epochs == 1
+        assert dict(STRATEGIES[name].fixed) == {"encoder": encoder, "loss": loss}
+        strategy = make_strategy(name, d_model=4)
+        assert strategy.encoder == encoder and strategy.d_model == 4
+
+
+class Recorder:
+    """A constructor that keeps its keyword arguments."""
+
+    def __init__(self, *, name: str = "?", flavour: str = "plain", size: int = 1) -> None:
+        self.name, self.flavour, self.size = name, flavour, size
+
+    def fit(self, prices):
+        pass
+
+    def weights(self, prices, current):
+        return current
+
+
+def test_an_entry_passes_its_name_and_fixed_keywords(monkeypatch):
+    monkeypatch.setattr(registry, "STRATEGIES", {**STRATEGIES, "spicy": Entry(Recorder, {"flavour": "hot"})})
+    assert strategy_parameters("spicy") == ("size",)
+    built = make_strategy("spicy", size=3)
+    assert (built.name, built.flavour, built.size) == ("spicy", "hot", 3)
+    with pytest.raises(ConfigError, match=r"\['flavour'\] \(flavour fixed by the strategy name\)"):
+        make_strategy("spicy", flavour="mild")
 
 
 def test_parameters_come_from_the_constructor_signature():
@@ -93,13 +117,13 @@ def test_shared_settings_flow_from_the_config_unless_the_table_sets_them():
         seed=7,
         cost_bps=20.0,
         rebalance=5,
-        params={"mean_variance": {"max_weight": 0.5}, "e2e": {"seed": 1, "epochs": 2}},
+        params={"mean_variance": {"max_weight": 0.5}, "e2e": {"seed": 1, "d_model": 4}},
     )
     assert strategy_kwargs("equal_weight", config) == {"max_weight": 0.3}  # no seed: it takes none
     assert strategy_kwargs("mean_variance", config) == {"max_weight": 0.5}
     assert strategy_kwargs("e2e", config) == {
         "seed": 1,
-        "epochs": 2,
+        "d_model": 4,
         "max_weight": 0.3,
         "cost_bps": 20.0,
         "rebalance": 5,
@@ -107,8 +131,7 @@ def test_shared_settings_flow_from_the_config_unless_the_table_sets_them():
     equal, mean_var, e2e = build_strategies(config)
     assert [s.name for s in (equal, mean_var, e2e)] == list(config.strategies)
     assert equal.max_weight == 0.3 and mean_var.max_weight == 0.5
-    assert (e2e.max_weight, e2e.seed, e2e.rebalance, e2e.epochs) == (0.3, 1, 5, 2)
-    assert e2e.train_config.cost_bps == 20.0
+    assert (e2e.max_weight, e2e.rebalance, e2e.d_model) == (0.3, 5, 4)
     # A setting that is None (no cap) is not passed: the constructor's default applies.
     uncapped = dataclasses.replace(config, max_weight=None)
     assert "max_weight" not in strategy_kwargs("equal_weight", uncapped)
