@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from portfolio_layers.backtest import BacktestConfig, run_backtest
-from portfolio_layers.errors import DataError, InfeasibleError, InputError, StrategyError
+from portfolio_layers.errors import ConfigError, DataError, InfeasibleError, InputError, StrategyError
 from portfolio_layers.registry import build_strategies, build_strategy
 
 
@@ -194,6 +194,8 @@ def test_bad_weights_are_reported():
         run_backtest(p, [Scripted([[np.nan, 0.5, 0.5]] * 2)], cfg)
     with pytest.raises(DataError, match="too few rows"):
         run_backtest(p, [Scripted([])], BacktestConfig(lookback=5, strategies=("scripted",)))
+    with pytest.raises(ConfigError, match="run_backtest takes strategy objects, got 'equal_weight'"):
+        run_backtest(p, ["equal_weight"], cfg)  # names are built by portfolio_layers.registry
 
 
 class Failing(Scripted):
