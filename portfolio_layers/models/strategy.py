@@ -18,7 +18,9 @@ import contextlib
 import dataclasses
 import hashlib
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -35,8 +37,9 @@ from portfolio_layers.models.training import (
     save_checkpoint,
     train,
 )
+from portfolio_layers.qp import Status as QPStatus
 
-__all__ = ["E2EPortfolio"]
+__all__ = ["E2E_TRAIN", "E2EPortfolio"]
 
 _DTYPES = {"float64": torch.float64, "float32": torch.float32}
 FEATURE_CLIP = 5.0
@@ -56,18 +59,40 @@ def _threads(n: int | None):
         torch.set_num_threads(before)
 
 
+#: Training settings of :class:`E2EPortfolio` when none are given; a ``train`` mapping replaces some of them.
+E2E_TRAIN = TrainConfig(epochs=8, patience=3, stride=2, cost_bps=10.0)
+
+
+def _run_setting(default: object) -> dataclasses.Field:
+    """A setting of the run, not of the model: left out of the checkpoint fingerprint."""
+    return dataclasses.field(default=default, metadata={"run": True})
+
+
+def _state() -> dataclasses.Field:
+    """Fitted state, set by ``fit``."""
+    return dataclasses.field(default=None, init=False)
+
+
+@dataclasses.dataclass(kw_only=True, eq=False, repr=False)
 class E2EPortfolio:
     """End-to-end portfolio model (encoder -> heads -> QP) trained on a backtest loss; an engine strategy.
 
     Parameters
     ----------
     name : str
-        Strategy name in results.
+        Strategy name in results and in checkpoint file names.
     encoder : {"deq", "mlp", "lstm"}
         Market-history encoder.
-    loss : {"sharpe", "sortino", "utility", "mse"}
-        Training objective; ``"mse"`` is the two-stage predict-then-optimize baseline (the QP is not in its
-        loss, so its risk aversion stays at ``risk_aversion`` whatever ``learn_risk_aversion`` says).
+    train : TrainConfig or mapping
+        Training settings (:class:`~portfolio_layers.models.training.TrainConfig`): the loss, the epochs of
+        the first fit, the optimizer, early stopping, the loss's ``cost_bps`` (use the backtest's) and
+        ``seed``, which also seeds the initial parameters. A mapping replaces those of its keys in
+        :data:`E2E_TRAIN`. ``loss="mse"`` is the two-stage predict-then-optimize baseline (the QP is not in
+        its loss, so its risk aversion stays at ``risk_aversion`` whatever ``learn_risk_aversion`` says);
+        ``jacobian_weight > 0`` needs ``encoder_options={"jacobian_samples": k}``.
+    loss, seed, cost_bps : optional
+        Shorthands replacing these fields of ``train`` (a registry name fixes the loss, a run sets the seed
+        and costs); only ``train`` keeps them.
     d_model, n_factors : int
         Embedding size and number of risk factors.
     window : int
@@ -92,22 +117,12 @@ class E2EPortfolio:
         Per-asset cap of the QP.
     turnover_limit : float, optional
         Bound on ``sum |w - w_prev|`` in the QP (``w_prev`` = drifted weights before the trade).
-    cost_bps : float
-        Trading cost in the loss (use the backtest's ``cost_bps``).
-    utility_risk_aversion : float
-        Risk aversion of the ``"utility"`` loss (not of the QP).
-    jacobian_weight : float
-        Weight of the DEQ's Jacobian penalty in the loss; needs ``encoder_options={"jacobian_samples": k}``.
-    epochs, refit_epochs : int
-        Epoch budget of the first fit and of each later fit (warm-started from the previous parameters;
-        ``refit_epochs=0`` re-trains from scratch with ``epochs`` every time).
-    batch_size, lr, weight_decay, clip_norm, val_fraction, patience, stride, aux_mse
-        See :class:`~portfolio_layers.models.training.TrainConfig`.
-    seed : int
-        Seeds the initial parameters and the sample order.
+    refit_epochs : int
+        Epoch budget of each later fit (warm-started from the previous parameters; ``0`` re-trains from
+        scratch with ``train.epochs`` every time).
     dtype : {"float64", "float32"}
     encoder_options : dict, optional
-        Extra keyword arguments of the encoder (e.g. ``{"max_iter": 20}`` for the DEQ).
+        Keyword arguments of the encoder (e.g. ``{"solver": Anderson(max_iter=20)}`` for the DEQ).
     checkpoint_dir : str, optional
         Directory for per-fit checkpoints (resume of interrupted walk-forward runs).
     progress : bool
@@ -116,123 +131,76 @@ class E2EPortfolio:
         Torch intra-op threads during ``fit`` and ``weights`` (restored afterwards). The tensors are small,
         so one thread is fastest, and several threads slow down badly when the cores are shared (measured
         4x on 2 busy cores). ``None`` keeps the current setting.
+
+    Notes
+    -----
+    The checkpoint fingerprint covers every parameter except ``name``, ``checkpoint_dir``, ``progress`` and
+    ``num_threads``.
     """
 
-    def __init__(
-        self,
-        *,
-        name: str = "e2e",
-        encoder: str = "deq",
-        loss: str = "sharpe",
-        d_model: int = 16,
-        n_factors: int = 3,
-        window: int = 60,
-        cov_window: int = 252,
-        horizon: int | None = None,
-        rebalance: int = 21,
-        blend_sample_cov: bool = True,
-        blend_init: float = 0.9,
-        risk_aversion: float = 5.0,
-        learn_risk_aversion: bool = True,
-        return_scale: float = 0.01,
-        max_weight: float | None = None,
-        turnover_limit: float | None = None,
-        cost_bps: float = 10.0,
-        utility_risk_aversion: float = 5.0,
-        jacobian_weight: float = 0.0,
-        epochs: int = 8,
-        refit_epochs: int = 3,
-        batch_size: int = 32,
-        lr: float = 3e-3,
-        weight_decay: float = 0.0,
-        clip_norm: float = 1.0,
-        val_fraction: float = 0.2,
-        patience: int = 3,
-        stride: int = 2,
-        aux_mse: float = 0.0,
-        seed: int = 0,
-        dtype: str = "float64",
-        encoder_options: dict | None = None,
-        checkpoint_dir: str | None = None,
-        progress: bool = False,
-        num_threads: int | None = 1,
-    ) -> None:
-        if encoder not in ENCODERS:
-            raise ConfigError(f"unknown encoder {encoder!r}; choose one of {', '.join(ENCODERS)}")
-        if dtype not in _DTYPES:
-            raise ConfigError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
-        if refit_epochs < 0:
-            raise ConfigError(f"refit_epochs must be >= 0, got {refit_epochs}")
-        if rebalance < 1:
-            raise ConfigError(f"rebalance must be >= 1 rows (the decision spacing), got {rebalance}")
-        samples = int((encoder_options or {}).get("jacobian_samples", 0))
-        if (jacobian_weight > 0) != (samples > 0):
+    name: str = _run_setting("e2e")
+    encoder: str = "deq"
+    train: TrainConfig | Mapping[str, Any] = E2E_TRAIN
+    loss: dataclasses.InitVar[str | None] = None
+    seed: dataclasses.InitVar[int | None] = None
+    cost_bps: dataclasses.InitVar[float | None] = None
+    d_model: int = 16
+    n_factors: int = 3
+    window: int = 60
+    cov_window: int = 252
+    horizon: int | None = None
+    rebalance: int = 21
+    blend_sample_cov: bool = True
+    blend_init: float = 0.9
+    risk_aversion: float = 5.0
+    learn_risk_aversion: bool = True
+    return_scale: float = 0.01
+    max_weight: float | None = None
+    turnover_limit: float | None = None
+    refit_epochs: int = 3
+    dtype: str = "float64"
+    encoder_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    checkpoint_dir: str | Path | None = _run_setting(None)
+    progress: bool = _run_setting(False)
+    num_threads: int | None = _run_setting(1)
+    net_: E2ENet | None = _state()
+    scaler_: tuple[np.ndarray, np.ndarray] | None = _state()
+    assets_: tuple[str, ...] | None = _state()
+    histories_: list[tuple[pd.Timestamp, TrainHistory, bool]] = dataclasses.field(
+        default_factory=list, init=False
+    )
+    _fingerprint: str = dataclasses.field(default="", init=False)
+
+    def __post_init__(self, loss: str | None, seed: int | None, cost_bps: float | None) -> None:
+        if self.encoder not in ENCODERS:
+            raise ConfigError(f"unknown encoder {self.encoder!r}; choose one of {', '.join(ENCODERS)}")
+        if self.dtype not in _DTYPES:
+            raise ConfigError(f"dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}")
+        if self.refit_epochs < 0:
+            raise ConfigError(f"refit_epochs must be >= 0, got {self.refit_epochs}")
+        if self.rebalance < 1:
+            raise ConfigError(f"rebalance must be >= 1 rows (the decision spacing), got {self.rebalance}")
+        if not isinstance(self.train, TrainConfig):  # validated now, not at the first fit
+            self.train = TrainConfig.from_dict({**dataclasses.asdict(E2E_TRAIN), **self.train})
+        shorthands = {"loss": loss, "seed": seed, "cost_bps": cost_bps}
+        self.train = dataclasses.replace(self.train, **{k: v for k, v in shorthands.items() if v is not None})
+        samples = int(self.encoder_options.get("jacobian_samples", 0))
+        if (self.train.jacobian_weight > 0) != (samples > 0):
             raise ConfigError(
                 "the DEQ's Jacobian penalty needs both jacobian_weight > 0 and encoder_options="
-                f"{{'jacobian_samples': k}} with k > 0 (got jacobian_weight={jacobian_weight}, "
+                f"{{'jacobian_samples': k}} with k > 0 (got jacobian_weight={self.train.jacobian_weight}, "
                 f"jacobian_samples={samples}); set both or neither"
             )
-        horizon = rebalance if horizon is None else horizon
-        self.name, self.encoder, self.d_model, self.n_factors = name, encoder, d_model, n_factors
-        self.window, self.cov_window, self.horizon, self.rebalance = window, cov_window, horizon, rebalance
-        self.blend_sample_cov, self.blend_init = blend_sample_cov, blend_init
-        self.risk_aversion, self.return_scale = risk_aversion, return_scale
-        self.learn_risk_aversion, self.max_weight, self.turnover_limit = (
-            learn_risk_aversion,
-            max_weight,
-            turnover_limit,
-        )
-        self.epochs, self.refit_epochs, self.seed, self.dtype = epochs, refit_epochs, seed, dtype
-        self.encoder_options = dict(encoder_options or {})
-        self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
-        self.progress, self.num_threads = progress, num_threads
-        # Validates every training option now (a ConfigError at construction, not at the first fit).
-        self.train_config = TrainConfig(
-            loss=loss,
-            epochs=epochs,
-            batch_size=batch_size,
-            lr=lr,
-            weight_decay=weight_decay,
-            clip_norm=clip_norm,
-            val_fraction=val_fraction,
-            patience=patience,
-            stride=stride,
-            cost_bps=cost_bps,
-            risk_aversion=utility_risk_aversion,
-            aux_mse=aux_mse,
-            jacobian_weight=jacobian_weight,
-            seed=seed,
-        )
-        self.net_: E2ENet | None = None
-        self.scaler_: tuple[np.ndarray, np.ndarray] | None = None
-        self.assets_: tuple[str, ...] | None = None
-        self.histories_: list[tuple[pd.Timestamp, TrainHistory, bool]] = []
-        self._fingerprint = hashlib.sha256(repr(self._spec()).encode()).hexdigest()
-
-    def _spec(self) -> tuple:
-        return (
-            self.encoder,
-            self.d_model,
-            self.n_factors,
-            self.window,
-            self.cov_window,
-            self.horizon,
-            self.rebalance,
-            self.blend_sample_cov,
-            self.blend_init,
-            self.risk_aversion,
-            self.return_scale,
-            self.learn_risk_aversion,
-            self.max_weight,
-            self.turnover_limit,
-            self.refit_epochs,
-            self.dtype,
-            sorted(self.encoder_options.items()),
-            self.train_config,
-        )
+        self.horizon = self.rebalance if self.horizon is None else self.horizon
+        self.encoder_options = dict(sorted(self.encoder_options.items()))
+        self.checkpoint_dir = None if self.checkpoint_dir is None else Path(self.checkpoint_dir)
+        model = [
+            (f.name, getattr(self, f.name)) for f in dataclasses.fields(self) if f.init and not f.metadata
+        ]
+        self._fingerprint = hashlib.sha256(repr(model).encode()).hexdigest()
 
     def __repr__(self) -> str:
-        return f"E2EPortfolio(name={self.name!r}, encoder={self.encoder!r}, loss={self.train_config.loss!r})"
+        return f"E2EPortfolio(name={self.name!r}, encoder={self.encoder!r}, loss={self.train.loss!r})"
 
     # -- data ---------------------------------------------------------------------------------------
 
@@ -269,7 +237,7 @@ class E2EPortfolio:
 
     def _build(self, n_assets: int, n_features: int) -> E2ENet:
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
+            torch.manual_seed(self.train.seed)
             encoder = make_encoder(self.encoder, n_features, self.d_model, **self.encoder_options)
             qp_layer = portfolio_qp_layer(
                 n_assets,
@@ -328,9 +296,9 @@ class E2EPortfolio:
             self._fingerprint = key
             return self
         config = dataclasses.replace(
-            self.train_config,
-            epochs=self.epochs if first else self.refit_epochs,
-            seed=self.seed * 100_003 + fold,
+            self.train,
+            epochs=self.train.epochs if first else self.refit_epochs,
+            seed=self.train.seed * 100_003 + fold,
         )
         data = self._data(features, returns, self.rebalance)
         history = train(
@@ -381,13 +349,11 @@ class E2EPortfolio:
         self.net_.eval()
         with torch.no_grad():
             out = self.net_(batch.x, batch.sample_cov, previous)
-        status = int(out.qp.status[0])
-        if status != 0:
-            from portfolio_layers.qp import Status
-
+        status = QPStatus(int(out.qp.status[0]))
+        if not status.ok:
             warnings.warn(
                 f"{self.name}: the portfolio QP on {prices.index[-1]:%Y-%m-%d} ended with "
-                f"{Status(status).name} ({Status(status).message}); its best iterate is used, clipped to "
+                f"{status.name} ({status.message}); its best iterate is used, clipped to "
                 "the bounds. A turnover limit with a cap can be infeasible when the drifted weights exceed "
                 "the cap.",
                 stacklevel=3,

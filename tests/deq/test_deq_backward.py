@@ -73,6 +73,17 @@ def test_adjoint_solver_choice_gives_same_gradient(backward_solver):
     assert stats.calls == 1 and bool((stats.status == Status.CONVERGED).all())
 
 
+def test_adjoint_objects_check_their_solver_and_compare_without_their_record():
+    with pytest.raises(ConfigError, match="Unknown fixed-point solver"):
+        Implicit(solver="newton")
+    recorded = Implicit(solver=Picard(max_iter=5), record=AdjointStats())
+    assert recorded == Implicit(solver=Picard(max_iter=5)) and repr(recorded) == repr(
+        Implicit(Picard(max_iter=5))
+    )
+    assert hash(recorded) == hash(Implicit(solver=Picard(max_iter=5)))
+    assert [a.name for a in ADJOINTS.values()] == list(ADJOINTS)
+
+
 def test_jfb_is_the_gradient_through_the_last_application():
     W, U, x, c = problem(seed=2)
     f = lambda z: torch.tanh(z @ W.T + x @ U.T)  # noqa: E731

@@ -18,7 +18,7 @@ from portfolio_layers.models.strategy import E2EPortfolio
 from portfolio_layers.models.synthetic import planted_market
 from portfolio_layers.registry import build_strategy, make_strategy, strategy_parameters
 
-SMALL = {"d_model": 8, "window": 10, "cov_window": 40, "horizon": 5, "rebalance": 5, "lr": 0.01}
+SMALL = {"d_model": 8, "window": 10, "cov_window": 40, "horizon": 5, "rebalance": 5}
 
 
 def _net(encoder: str, n: int, F: int, **qp) -> E2ENet:
@@ -69,7 +69,7 @@ def test_end_to_end_learns_the_planted_signal_and_beats_equal_weight():
     # Measured with model seeds 0, 1, 2 on this market: e2e Sharpe 3.3, 3.2, 4.0 against 0.33 for equal
     # weight (net of 10 bps costs, 500 out-of-sample days).
     prices = planted_market(n_assets=5, n_rows=800, seed=3, persistence=100)
-    model = E2EPortfolio(epochs=8, patience=8, stride=1, seed=0, **SMALL)
+    model = E2EPortfolio(train={"epochs": 8, "patience": 8, "stride": 1, "seed": 0, "lr": 0.01}, **SMALL)
     config = BacktestConfig(lookback=300, rebalance=5, retrain_every=10_000, train_window=301, cost_bps=10.0)
     result = run_backtest(prices, [build_strategy("equal_weight", config), model], config)
     history = model.history_
@@ -80,7 +80,8 @@ def test_end_to_end_learns_the_planted_signal_and_beats_equal_weight():
 
 
 def _tiny(**kw):
-    return E2EPortfolio(**{"epochs": 1, "refit_epochs": 1, "stride": 3, "seed": 0, **SMALL, **kw})
+    train = {"epochs": 1, "stride": 3, "seed": 0, "lr": 0.01}
+    return E2EPortfolio(**{"train": train, "refit_epochs": 1, **SMALL, **kw})
 
 
 TINY_CONFIG = BacktestConfig(lookback=150, rebalance=25, retrain_every=50, train_window=151, cost_bps=10.0)
@@ -148,7 +149,7 @@ def test_interrupted_walk_forward_resumes_from_the_last_completed_fold(tmp_path,
 
 def test_pto_trains_on_mse_without_the_qp_then_uses_it():
     prices = planted_market(n_assets=4, n_rows=300, seed=2)
-    model = make_strategy("pto", epochs=2, seed=0, **SMALL).fit(prices)
+    model = make_strategy("pto", train={"epochs": 2, "lr": 0.01}, seed=0, **SMALL).fit(prices)
     curves = model.diagnostics()["training"]
     assert "qp_iterations" not in curves and "deq_iterations" in curves
     w = model.weights(prices.iloc[-151:])
@@ -157,7 +158,7 @@ def test_pto_trains_on_mse_without_the_qp_then_uses_it():
 
 def test_registry_names_and_parameters():
     for name, encoder in [("e2e", "deq"), ("e2e_mlp", "mlp"), ("e2e_lstm", "lstm"), ("pto", "deq")]:
-        strategy = make_strategy(name, epochs=1)
+        strategy = make_strategy(name, train={"epochs": 1})
         assert strategy.name == name and strategy.encoder == encoder
     accepted = strategy_parameters("e2e")
     assert "max_weight" in accepted and "seed" in accepted and "encoder" not in accepted
@@ -175,14 +176,12 @@ def test_options_that_would_be_silently_ignored_are_rejected_or_wired():
     with pytest.raises(ConfigError, match="set both or neither"):
         E2EPortfolio(encoder_options={"jacobian_samples": 2})
     with pytest.raises(ConfigError, match="set both or neither"):
-        E2EPortfolio(jacobian_weight=0.1)
+        E2EPortfolio(train={"jacobian_weight": 0.1})
     model = E2EPortfolio(
-        loss="utility",
-        utility_risk_aversion=2.0,
-        jacobian_weight=0.1,
+        train={"loss": "utility", "risk_aversion": 2.0, "jacobian_weight": 0.1},
         encoder_options={"jacobian_samples": 1},
     )
-    assert model.train_config.risk_aversion == 2.0 and model.train_config.jacobian_weight == 0.1
+    assert model.train.risk_aversion == 2.0 and model.train.jacobian_weight == 0.1
 
 
 def test_turnover_limit_holds_in_the_engine():
