@@ -1,0 +1,277 @@
+"""The E2E-DRO decision layers: forward against cvxpy + Clarabel, gradients against finite differences.
+
+Tolerances: the nominal layer (this package's interior point, tol 1e-10) agrees with Clarabel to 1e-7 and
+its gradients with central differences to rtol 1e-5. The DRO layers are conic solves (Clarabel through
+diffcp, gap tolerance 1e-11 on unit-scaled errors): weights to 1e-6, optimal values to 1e-6 relative,
+directional derivatives (solver tolerance 1e-13) to rtol 2e-3 + atol 2e-5 against central differences
+with step 1e-3 (atol: the differences' noise, weights accurate to ~1e-8, divided by the step).
+"""
+
+from __future__ import annotations
+
+import cvxpy as cp
+import numpy as np
+import pytest
+import torch
+
+from portfolio_layers.errors import ConfigError, NonFiniteError, ShapeError
+from portfolio_layers.models.dro import (
+    DROLayer,
+    NominalLayer,
+    dro_layer,
+    error_windows,
+    nominal_layer,
+    prediction_errors,
+)
+
+AMBIGUITY = ["hellinger", "tv"]
+DELTA = {"hellinger": 0.05, "tv": 0.2}
+TIGHT = {"tol_gap_abs": 1e-13, "tol_gap_rel": 1e-13, "tol_feas": 1e-13, "max_iter": 400}
+
+
+def problem(seed: int, B: int = 2, N: int = 24, n: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weekly-scale prediction errors (about 3 %, correlated) and predictions (about 0.2 %)."""
+    g = torch.Generator().manual_seed(seed)
+    L = torch.randn(n, n, generator=g, dtype=torch.float64) / n**0.5 + torch.eye(n, dtype=torch.float64)
+    E = 0.03 * torch.randn(B, N, n, generator=g, dtype=torch.float64) @ L.T / 1.5
+    y = 0.002 * torch.randn(B, n, generator=g, dtype=torch.float64)
+    return E, y
+
+
+def nominal_reference(E: np.ndarray, y: np.ndarray, gamma: float) -> np.ndarray:
+    N, n = E.shape
+    z, c = cp.Variable(n, nonneg=True), cp.Variable()
+    objective = cp.sum_squares(E @ z - c) / N - gamma * (y @ z)
+    cp.Problem(cp.Minimize(objective), [cp.sum(z) == 1]).solve(
+        solver="CLARABEL", tol_gap_abs=1e-12, tol_gap_rel=1e-12, tol_feas=1e-12
+    )
+    return z.value
+
+
+def worst_case_objective(E: np.ndarray, y: np.ndarray, gamma: float, delta: float, amb: str, z: np.ndarray):
+    """``min_c max_p sum_j p_j (eps_j'z - c)^2 - gamma y'z`` at a fixed ``z``, from the primal side.
+
+    By Sion's theorem min over c and max over p swap, and ``min_c sum_j p_j (a_j - c)^2`` is the variance
+    of ``a = E z`` under ``p``, concave in ``p``: one concave maximisation over the ambiguity set.
+    """
+    N = E.shape[0]
+    scale = 1 / np.sqrt(np.mean((E @ z) ** 2))  # solve in units where the losses are about 1
+    a = scale * (E @ z)
+    p = cp.Variable(N, nonneg=True)
+    ball = (
+        [cp.sum(cp.sqrt(p)) >= np.sqrt(N) * (1 - delta / 2)]  # sum (sqrt p - sqrt(1/N))^2 <= delta
+        if amb == "hellinger"
+        else [cp.norm1(p - 1 / N) <= delta]
+    )
+    prob = cp.Problem(cp.Maximize(p @ a**2 - cp.square(p @ a)), [cp.sum(p) == 1, *ball])
+    prob.solve(solver="CLARABEL", tol_gap_abs=1e-9, tol_gap_rel=1e-9, tol_feas=1e-9)
+    assert prob.status == cp.OPTIMAL
+    return prob.value / scale**2 - gamma * y @ z
+
+
+def directional_fd(f, x: torch.Tensor, v: torch.Tensor, h: float) -> float:
+    return float((f(x + h * v) - f(x - h * v)) / (2 * h))
+
+
+# ----------------------------------------------------------------------------------------- nominal
+
+
+def test_nominal_matches_cvxpy() -> None:
+    E, y = problem(0, B=3, N=25, n=7)
+    gamma = torch.tensor([0.05, 0.1, 0.3], dtype=torch.float64)
+    z = nominal_layer(E, y, gamma)
+    assert z.shape == (3, 7)
+    for b in range(3):
+        ref = nominal_reference(E[b].numpy(), y[b].numpy(), float(gamma[b]))
+        np.testing.assert_allclose(z[b].numpy(), ref, atol=1e-7)
+    # the risk term is the sample variance of the portfolio error (c = its mean)
+    zb = z[0].numpy()
+    val = np.var(E[0].numpy() @ zb) - 0.05 * y[0].numpy() @ zb
+    a = E[0].numpy() @ zb
+    assert np.mean((a - a.mean()) ** 2) == pytest.approx(np.var(a))
+    assert val <= np.var(E[0].numpy() @ np.full(7, 1 / 7)) - 0.05 * y[0].numpy().mean() + 1e-12
+
+
+def test_nominal_batched_equals_loop_and_broadcasts() -> None:
+    E, y = problem(1, B=3)
+    z = nominal_layer(E, y, 0.2)
+    for b in range(3):
+        torch.testing.assert_close(nominal_layer(E[b], y[b], 0.2), z[b], atol=1e-9, rtol=0)
+    # one error window shared by a batch of predictions
+    zs = nominal_layer(E[0], y, torch.tensor(0.2, dtype=torch.float64))
+    torch.testing.assert_close(zs[0], z[0], atol=1e-9, rtol=0)
+    assert NominalLayer()(E, y, 0.2).shape == (3, 6)
+
+
+def test_nominal_gradients_match_finite_differences() -> None:
+    E, y = problem(2, B=2)
+    w = torch.randn(2, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    gamma = torch.tensor(0.2, dtype=torch.float64)
+    E_, y_, g_ = E.clone().requires_grad_(), y.clone().requires_grad_(), gamma.clone().requires_grad_()
+    (w * nominal_layer(E_, y_, g_)).sum().backward()
+    v = torch.randn(2, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 0.002
+    VE = torch.randn(E.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * 0.03
+
+    def loss_y(t: torch.Tensor) -> torch.Tensor:
+        return (w * nominal_layer(E, t, gamma)).sum()
+
+    def loss_g(t: torch.Tensor) -> torch.Tensor:
+        return (w * nominal_layer(E, y, t)).sum()
+
+    fd_y = directional_fd(loss_y, y, v, 1e-4)
+    fd_g = directional_fd(loss_g, gamma, torch.tensor(1.0, dtype=torch.float64), 1e-5)
+    assert float((y_.grad * v).sum()) == pytest.approx(fd_y, rel=1e-5, abs=1e-9)
+    assert float(g_.grad) == pytest.approx(fd_g, rel=1e-5, abs=1e-9)
+    fd_e = directional_fd(lambda t: (w * nominal_layer(t, y, gamma)).sum(), E, VE, 1e-4)
+    assert float((E_.grad * VE).sum()) == pytest.approx(fd_e, rel=1e-5, abs=1e-9)
+
+
+def test_nominal_short_window_gets_a_ridge() -> None:
+    E, y = problem(3, B=2, N=4, n=6)  # N <= n: the sample covariance is singular
+    y_ = y.clone().requires_grad_()
+    z = nominal_layer(E, y_, 0.1)
+    torch.testing.assert_close(z.sum(-1), torch.ones(2, dtype=torch.float64))
+    assert bool((z > -1e-9).all())
+    z.square().sum().backward()
+    assert bool(torch.isfinite(y_.grad).all())
+
+
+# ----------------------------------------------------------------------------------------- DRO
+
+
+@pytest.mark.parametrize("amb", AMBIGUITY)
+def test_dro_is_optimal_for_the_worst_case_objective(amb: str) -> None:
+    E, y = problem(4, B=2, N=20, n=5)
+    gamma, delta = 0.3, DELTA[amb]
+    z = dro_layer(E, y, gamma, delta, amb)
+    assert z.shape == (2, 5)
+    torch.testing.assert_close(z.sum(-1), torch.ones(2, dtype=torch.float64), atol=1e-8, rtol=0)
+    assert bool((z > -1e-8).all())
+    rng = np.random.default_rng(0)
+    for b in range(2):
+        Eb, yb, zb = E[b].numpy(), y[b].numpy(), z[b].numpy()
+        best = worst_case_objective(Eb, yb, gamma, delta, amb, zb)
+        # the robust layer differs from the nominal one: the ambiguity set matters
+        nominal = nominal_layer(E[b], y[b], gamma).numpy()
+        assert np.abs(nominal - zb).max() > 1e-3
+        assert worst_case_objective(Eb, yb, gamma, delta, amb, nominal) > best
+        # F is convex in z: no step toward a vertex, nor a random point, improves on the layer's z
+        candidates = [zb + t * (np.eye(5)[i] - zb) for i in range(5) for t in (1e-3, 1e-1)]
+        candidates += list(rng.dirichlet(np.ones(5), size=3))
+        for cand in candidates:
+            assert worst_case_objective(Eb, yb, gamma, delta, amb, cand) >= best - 1e-6 * abs(best)
+
+
+@pytest.mark.parametrize("amb", AMBIGUITY)
+def test_dro_value_equals_the_worst_case_value(amb: str) -> None:
+    """The dual reformulation's optimal value equals the primal worst case at the layer's weights."""
+    from portfolio_layers.models.dro import dro_problem
+
+    E, y = problem(5, B=1, N=20, n=5)
+    gamma, delta = 0.3, DELTA[amb]
+    prob, (Ep, yp, gp, dp), zv = dro_problem(20, 5, amb)
+    scale = 1 / float(E[0].square().mean().sqrt())  # units where the errors are about 1
+    Ep.value, yp.value, gp.value, dp.value = scale * E[0].numpy(), scale**2 * y[0].numpy(), gamma, delta
+    prob.solve(solver="CLARABEL", tol_gap_abs=1e-10, tol_gap_rel=1e-10, tol_feas=1e-10)
+    assert prob.status == cp.OPTIMAL
+    z = dro_layer(E[0], y[0], gamma, delta, amb).numpy()
+    np.testing.assert_allclose(zv.value, z, atol=1e-6)
+    primal = worst_case_objective(E[0].numpy(), y[0].numpy(), gamma, delta, amb, z)
+    assert prob.value / scale**2 == pytest.approx(primal, rel=1e-6)
+
+
+@pytest.mark.parametrize("amb", AMBIGUITY)
+def test_dro_with_delta_zero_is_nominal(amb: str) -> None:
+    E, y = problem(6, B=3)
+    gamma = torch.tensor([0.1, 0.2, 0.4], dtype=torch.float64)
+    z = dro_layer(E, y, gamma, 0.0, amb)
+    torch.testing.assert_close(z, nominal_layer(E, y, gamma), atol=1e-6, rtol=0)
+    # a batch mixing delta = 0 and delta > 0 (Hellinger routes the zeros to the QP)
+    delta = torch.tensor([0.0, DELTA[amb], 0.0], dtype=torch.float64)
+    mixed = dro_layer(E, y, gamma, delta, amb)
+    torch.testing.assert_close(mixed[[0, 2]], z[[0, 2]], atol=1e-6, rtol=0)
+    torch.testing.assert_close(mixed[1], dro_layer(E[1], y[1], gamma[1], DELTA[amb], amb), atol=1e-8, rtol=0)
+    y_ = y.clone().requires_grad_()
+    dro_layer(E, y_, gamma, delta, amb).square().sum().backward()  # gradients flow through both routes
+    assert bool((y_.grad.abs().sum(-1) > 0).all())
+
+
+@pytest.mark.parametrize("amb", AMBIGUITY)
+def test_dro_gradients_match_finite_differences(amb: str) -> None:
+    E, y = problem(7, B=2)
+    gen = torch.Generator().manual_seed(3)
+    w = torch.randn(2, 6, generator=gen, dtype=torch.float64)
+    v = torch.randn(2, 6, generator=gen, dtype=torch.float64) * 0.002
+    gamma = torch.tensor(0.3, dtype=torch.float64)
+    delta = torch.tensor(DELTA[amb], dtype=torch.float64)
+    E_, y_, g_, d_ = (t.clone().requires_grad_() for t in (E, y, gamma, delta))
+    (w * dro_layer(E_, y_, g_, d_, amb, solver_args=TIGHT)).sum().backward()
+
+    def loss(e: torch.Tensor, yy: torch.Tensor, g: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+        return (w * dro_layer(e, yy, g, d, amb, solver_args=TIGHT)).sum()
+
+    one = torch.tensor(1.0, dtype=torch.float64)
+    VE = torch.randn(E.shape, generator=gen, dtype=torch.float64) * 0.03
+    checks = {
+        "y_hat": (float((y_.grad * v).sum()), directional_fd(lambda t: loss(E, t, gamma, delta), y, v, 1e-3)),
+        "gamma": (float(g_.grad), directional_fd(lambda t: loss(E, y, t, delta), gamma, one, 1e-3)),
+        "delta": (float(d_.grad), directional_fd(lambda t: loss(E, y, gamma, t), delta, one, 1e-3)),
+        "errors": (
+            float((E_.grad * VE).sum()),
+            directional_fd(lambda t: loss(t, y, gamma, delta), E, VE, 1e-3),
+        ),
+    }
+    for name, (analytic, fd) in checks.items():
+        assert analytic == pytest.approx(fd, rel=2e-3, abs=2e-5), name
+
+
+def test_dro_module_and_dtype() -> None:
+    E, y = problem(8, B=2)
+    layer = DROLayer("tv")
+    z64 = layer(E, y, 0.3, 0.1)
+    z32 = layer(E.float(), y.float(), 0.3, 0.1)
+    assert z32.dtype == torch.float32
+    torch.testing.assert_close(z32.double(), z64, atol=1e-5, rtol=0)
+    assert "tv" in repr(layer)
+
+
+# ----------------------------------------------------------------------------------------- inputs
+
+
+def test_bad_inputs_raise() -> None:
+    E, y = problem(9, B=2)
+    with pytest.raises(ShapeError, match="assets"):
+        nominal_layer(E, y[:, :5], 0.1)
+    with pytest.raises(ShapeError, match="broadcast"):
+        dro_layer(E, y[:1].expand(3, 6), 0.1, 0.1)
+    with pytest.raises(ShapeError, match="broadcast"):
+        nominal_layer(E, y, torch.ones(5, dtype=torch.float64))
+    with pytest.raises(ShapeError):
+        nominal_layer(E[0, 0], y, 0.1)
+    with pytest.raises(ConfigError, match="delta"):
+        dro_layer(E, y, 0.1, -0.1)
+    with pytest.raises(ConfigError, match="ambiguity"):
+        dro_layer(E, y, 0.1, 0.1, "wasserstein")
+    with pytest.raises(ConfigError, match="ambiguity"):
+        DROLayer("kl")
+    bad = E.clone()
+    bad[0, 3, 1] = float("nan")
+    with pytest.raises(NonFiniteError, match="errors"):
+        dro_layer(bad, y, 0.1, 0.1)
+    with pytest.raises(NonFiniteError, match="gamma"):
+        nominal_layer(E, y, float("inf"))
+
+
+def test_prediction_errors_and_windows() -> None:
+    returns = torch.arange(30.0).reshape(10, 3)
+    errors = prediction_errors(returns, torch.ones(10, 3))
+    torch.testing.assert_close(errors, returns - 1)
+    with pytest.raises(ShapeError):
+        prediction_errors(returns, torch.ones(9, 3))
+    windows = error_windows(errors, 4)
+    assert windows.shape == (7, 4, 3)
+    for k in range(7):  # window k is rows k .. k + 3: nothing after the decision row k + 3
+        torch.testing.assert_close(windows[k], errors[k : k + 4])
+    assert error_windows(errors[None].expand(2, 10, 3), 10).shape == (2, 1, 10, 3)
+    with pytest.raises(ConfigError):
+        error_windows(errors, 11)
