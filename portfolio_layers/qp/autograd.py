@@ -5,9 +5,10 @@ through its active-set KKT system with the factorization computed by the polish 
 derivative where strict complementarity holds). Otherwise, at the returned point the KKT
 conditions ``F(z, theta) = 0`` (stationarity, ``Ax = b``, ``Gx + s = h``, ``lam * s = mu``,
 ``z_l * (x - lb) = mu``, ``z_u * (ub - x) = mu``) are linearized;
-the adjoint system is the reduced saddle system of :mod:`portfolio_layers.qp.kkt` with right-hand
-side ``(dL/dx, 0)``, solved with the factorization computed once at the returned point and kept in
-the autograd context (one pair of triangular solves per backward).
+the adjoint system, with right-hand side ``(dL/dx, 0)``, is solved with a factorization of
+:mod:`portfolio_layers.qp.kkt` computed once at the returned point when the autograd context is set
+up (that module's docstring says which elements are refactored), so a backward costs triangular
+solves only.
 
 Degenerate points (an active constraint with a zero multiplier, redundant constraints) give finite
 gradients: they are the derivative of the interior-point solution at its final (tiny) barrier
@@ -27,7 +28,7 @@ from torch.autograd.function import once_differentiable
 
 from portfolio_layers.qp.ipm import InteriorPoint, IPMResult, IPMState
 from portfolio_layers.qp.kkt import AugmentedKKT, ReducedKKT, mtv, mv
-from portfolio_layers.qp.problem import QPData
+from portfolio_layers.qp.problem import Bounds, QPData
 from portfolio_layers.qp.solution import Status
 
 
@@ -153,10 +154,14 @@ def _adjoint_ipm(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     """Adjoint of the linearized KKT system at an interior-point iterate: ``wx``, ``glb``, ``gub``, ``nu``."""
     wx, nu = K.solve(gx)
-    ml, mu = torch.isfinite(d.lb), torch.isfinite(d.ub)
-    glb = torch.where(ml, st.zl * wx / torch.where(ml, st.x - d.lb, 1.0), 0.0)
-    gub = torch.where(mu, st.zu * wx / torch.where(mu, d.ub - st.x, 1.0), 0.0)
-    return wx, glb, gub, nu
+    bnd = Bounds.of(d)
+    tl, tu = bnd.slacks(st.x)
+    return (
+        wx,
+        torch.where(bnd.has_lb, st.zl * wx / tl, 0.0),
+        torch.where(bnd.has_ub, st.zu * wx / tu, 0.0),
+        nu,
+    )
 
 
 def _outer(u: Tensor, v: Tensor) -> Tensor:

@@ -15,7 +15,7 @@ Three factorizations, one interface: each is built by a ``factor*`` function and
 with ``ok (B,)`` (False where the factorization failed even after regularization), ``take(idx)``
 (the factorization of a sub-batch, without refactoring) and ``solve(r1, r2=None) -> (dx, dy)``
 (``r2 = None`` means a zero right side on the constraint rows; a factorization made with
-``refine=True`` refines every solve once against the unfactored matrix):
+``refine=True`` keeps the matrix it factored and refines every solve once against it):
 
 - :class:`ReducedKKT` (:func:`factor`): the system above; the interior point's Newton steps.
 - :class:`ActiveKKT` (:func:`factor_active`): the equality-constrained system of an active set on

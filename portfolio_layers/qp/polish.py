@@ -1,4 +1,4 @@
-"""Active-set polishing of an interior-point iterate, and its KKT factorization for the backward.
+"""Active-set polishing of an interior-point iterate (its KKT factorization serves the backward).
 
 Near the solution the interior point identifies which bounds and inequality rows are active (slack
 smaller than multiplier). Fixing them gives an equality-constrained QP on the free variables,
