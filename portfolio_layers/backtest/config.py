@@ -13,6 +13,10 @@ Example ``backtests/configs/default.toml``::
 
     [params.mean_variance]
     risk_aversion = 5.0
+
+``start``, ``end``, ``trade_start``, ``max_weight`` and ``periods_per_year`` describe the data of ``prices``
+(:data:`DATA_KEYS`): :meth:`BacktestConfig.with_prices` resets them when another source is chosen, so the
+dates and the cap of the embedded dataset are never applied to a user's CSV.
 """
 
 from __future__ import annotations
@@ -33,6 +37,10 @@ from portfolio_layers.errors import ConfigError
 WINDOWS = ("rolling", "expanding")
 MISSING = ("raise", "ffill", "drop")
 DEFAULT_STRATEGIES = ("equal_weight", "inverse_volatility", "min_variance", "mean_variance")
+#: Keys that belong to the data of ``prices`` (see :meth:`BacktestConfig.with_prices`).
+DATA_KEYS = ("start", "end", "trade_start", "max_weight", "periods_per_year")
+#: Largest accepted ``seed`` (numpy's legacy and torch's seeds take 32-bit unsigned integers).
+MAX_SEED = 2**32 - 1
 
 
 @dataclass(frozen=True)
@@ -66,11 +74,16 @@ class BacktestConfig:
     max_weight : float or None
         Per-asset cap passed to the strategies that accept ``max_weight`` (unless set in their params).
     benchmark : str or None
-        Strategy the others are compared with (Sharpe-difference test), if it is among ``strategies``.
+        Strategy the others are compared with (Sharpe-difference tests); None (``""`` in TOML) for no tests.
+        The command line requires it to be among ``strategies`` (see :meth:`check_benchmark`).
     seed : int
-        Passed to the strategies that accept ``seed``.
+        Passed to the strategies that accept ``seed``, in ``[0, 2**32 - 1]``.
     missing : {"raise", "ffill", "drop"}
         Missing-price policy.
+    periods_per_year : float or None
+        Return periods per year used to annualise metrics (252 daily, 52 weekly, 12 monthly); None infers it
+        from the dates of the prices kept (see :mod:`portfolio_layers.data.frequency`), which fails with a
+        clear error on an irregular index.
     params : dict
         Per-strategy keyword arguments, ``{strategy_name: {param: value}}`` (TOML tables ``[params.NAME]``).
     """
@@ -90,6 +103,7 @@ class BacktestConfig:
     benchmark: str | None = "equal_weight"
     seed: int = 0
     missing: str = "raise"
+    periods_per_year: float | None = None
     params: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -101,6 +115,11 @@ class BacktestConfig:
         for name, low in (("lookback", 2), ("rebalance", 1), ("retrain_every", 1), ("train_window", 2)):
             if getattr(self, name) < low:
                 raise ConfigError(f"config key {name!r} must be >= {low}, got {getattr(self, name)}.")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ConfigError(
+                f"config key 'seed' must be in [0, {MAX_SEED}] (numpy and torch take 32-bit seeds), "
+                f"got {self.seed}."
+            )
         if isinstance(self.cost_bps, bool) or not isinstance(self.cost_bps, int | float):
             raise ConfigError(f"config key 'cost_bps' must be a number, got {self.cost_bps!r}.")
         if not math.isfinite(self.cost_bps) or self.cost_bps < 0:
@@ -112,6 +131,18 @@ class BacktestConfig:
             if not 0 < self.max_weight <= 1:
                 raise ConfigError(f"config key 'max_weight' must be in (0, 1], got {self.max_weight}.")
             set_(self, "max_weight", float(self.max_weight))
+        if self.periods_per_year is not None:
+            value = self.periods_per_year
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)
+                or value <= 0
+            ):
+                raise ConfigError(
+                    "config key 'periods_per_year' must be a positive number (252 daily, 52 weekly, 12 "
+                    f"monthly), or absent to infer it from the dates; got {value!r}."
+                )
         if self.window not in WINDOWS:
             raise ConfigError(f"config key 'window' must be one of {WINDOWS}, got {self.window!r}.")
         if self.missing not in MISSING:
@@ -135,6 +166,13 @@ class BacktestConfig:
         if len(set(strategies)) != len(strategies):
             raise ConfigError(f"config key 'strategies' lists a strategy twice: {list(strategies)}.")
         set_(self, "strategies", strategies)
+        if self.benchmark == "":
+            set_(self, "benchmark", None)
+        elif self.benchmark is not None and not isinstance(self.benchmark, str):
+            raise ConfigError(
+                f"config key 'benchmark' must be the name of one of the strategies {list(strategies)}, or "
+                f'"" for no Sharpe-difference tests; got {self.benchmark!r}.'
+            )
         if not isinstance(self.params, Mapping) or not all(
             isinstance(v, Mapping) for v in self.params.values()
         ):
@@ -168,6 +206,11 @@ class BacktestConfig:
                 data = tomllib.load(fh)
         except FileNotFoundError as exc:
             raise ConfigError(f"config file {path} not found; see backtests/configs/ for examples.") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                f"config file {path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at position "
+                f"{exc.start}); TOML files must be UTF-8: save it with that encoding."
+            ) from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}.") from exc
         return cls.from_dict(data, source=str(path))
@@ -180,6 +223,26 @@ class BacktestConfig:
         if unknown:
             raise ConfigError(f"unknown config key(s) {unknown}; valid keys are {sorted(known)}.")
         return dataclasses.replace(self, **changes)
+
+    def with_prices(self, prices: str) -> BacktestConfig:
+        """Copy that reads ``prices``; when that is another source, the :data:`DATA_KEYS` are reset to None.
+
+        The dates, cap and frequency of a config describe its own data (those of the default run describe the
+        embedded ``sp500`` dataset): another source starts where it starts (trading from row ``lookback``),
+        has no cap and has its frequency inferred, unless these keys are set again afterwards.
+        """
+        if prices == self.prices:
+            return self
+        return dataclasses.replace(self, prices=prices, **dict.fromkeys(DATA_KEYS))
+
+    def check_benchmark(self) -> None:
+        """Raise :class:`ConfigError` unless ``benchmark`` is None or one of ``strategies``."""
+        if self.benchmark is not None and self.benchmark not in self.strategies:
+            raise ConfigError(
+                f"benchmark {self.benchmark!r} is not among the strategies run {list(self.strategies)}; "
+                "choose one of them (--benchmark NAME, or benchmark in the config), or give an empty "
+                'benchmark ("") for no Sharpe-difference tests.'
+            )
 
     def with_strategies(self, names: Iterable[str]) -> BacktestConfig:
         """Copy that runs ``names``, keeping only their ``[params.NAME]`` tables (``self`` if unchanged)."""
@@ -256,4 +319,4 @@ def _toml_value(value: Any, where: str) -> str:
     raise ConfigError(f"cannot write {where} = {value!r} to TOML (type {type(value).__name__}).")
 
 
-__all__ = ["DEFAULT_STRATEGIES", "BacktestConfig", "default_config"]
+__all__ = ["DATA_KEYS", "DEFAULT_STRATEGIES", "MAX_SEED", "BacktestConfig", "default_config"]

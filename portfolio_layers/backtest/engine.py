@@ -31,9 +31,10 @@ from portfolio_layers.backtest.metrics import METRIC_NAMES, compute_metrics
 from portfolio_layers.backtest.result import BacktestResult
 from portfolio_layers.backtest.splits import Step, walk_forward
 from portfolio_layers.backtest.strategies import Strategy
+from portfolio_layers.data.frequency import resolve_periods_per_year
 from portfolio_layers.data.loaders import slice_dates
 from portfolio_layers.data.validation import validate_prices
-from portfolio_layers.errors import ConfigError, InputError, PortfolioLayersError, StrategyError
+from portfolio_layers.errors import ConfigError, DataError, InputError, PortfolioLayersError, StrategyError
 
 logger = logging.getLogger(__name__)
 
@@ -130,6 +131,38 @@ def _first_row(index: pd.DatetimeIndex, trade_start: str | None) -> int | None:
     return int(index.searchsorted(when, side="left"))
 
 
+def prepare_prices(prices: pd.DataFrame, config: BacktestConfig) -> tuple[pd.DataFrame, int | float]:
+    """The prices a run of ``config`` uses, and their periods per year.
+
+    Parameters
+    ----------
+    prices : DataFrame of shape (T, n)
+        Prices, dates as index, one column per asset.
+    config : BacktestConfig
+        Its ``missing`` policy, ``start``/``end`` and ``periods_per_year`` are used.
+
+    Returns
+    -------
+    prices : DataFrame of shape (T', n)
+        Validated and sliced to ``config.start .. config.end``.
+    periods_per_year : int or float
+        ``config.periods_per_year`` when set, else inferred from the dates of the sliced prices.
+
+    Raises
+    ------
+    DataError
+        Bad prices, too few rows, or no clear frequency in the dates while ``periods_per_year`` is not set.
+    """
+    prices = validate_prices(prices, missing=config.missing)
+    prices = slice_dates(prices, start=config.start, end=config.end, min_rows=config.lookback + 2)
+    try:
+        periods = resolve_periods_per_year(prices.index, config.periods_per_year)
+    except DataError as exc:
+        exc.add_note("(Set the config key periods_per_year, or --periods-per-year on the command line.)")
+        raise
+    return prices, periods
+
+
 def run_backtest(
     prices: pd.DataFrame,
     strategies: Sequence[Strategy],
@@ -142,7 +175,8 @@ def run_backtest(
     Parameters
     ----------
     prices : DataFrame of shape (T, n)
-        Prices (not returns), dates as index, one column per asset; sliced to ``config.start .. config.end``.
+        Prices (not returns), dates as index, one column per asset; sliced to ``config.start .. config.end``
+        (:func:`prepare_prices`, which also gives the periods per year of the metrics).
     strategies : sequence of Strategy
         The strategy objects to run, with unique names (build them from ``config`` with
         :func:`portfolio_layers.registry.build_strategies`).
@@ -157,8 +191,7 @@ def run_backtest(
     BacktestResult
     """
     config = config or BacktestConfig()
-    prices = validate_prices(prices, missing=config.missing)
-    prices = slice_dates(prices, start=config.start, end=config.end, min_rows=config.lookback + 2)
+    prices, periods = prepare_prices(prices, config)
     strategies = list(strategies)
     for item in strategies:
         if not isinstance(item, Strategy):
@@ -195,7 +228,7 @@ def run_backtest(
         gross_returns[strategy.name] = gross[t0 + 1 :]
         turnover[strategy.name] = tau
         weights[strategy.name] = pd.DataFrame(W, index=dates, columns=prices.columns)
-        metrics[strategy.name] = compute_metrics(returns[strategy.name], tau)
+        metrics[strategy.name] = compute_metrics(returns[strategy.name], tau, periods)
         diag = getattr(strategy, "diagnostics", None)
         if callable(diag):
             diagnostics[strategy.name] = dict(diag())
@@ -207,9 +240,10 @@ def run_backtest(
         metrics=pd.DataFrame.from_dict(metrics, orient="index", columns=list(METRIC_NAMES)),
         config=config,
         fit_dates=prices.index[[s.t for s in steps if s.train is not None]],
+        periods_per_year=periods,
         diagnostics=diagnostics,
         seconds=seconds,
     )
 
 
-__all__ = ["SUM_TOLERANCE", "run_backtest"]
+__all__ = ["SUM_TOLERANCE", "prepare_prices", "run_backtest"]

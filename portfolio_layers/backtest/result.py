@@ -23,10 +23,10 @@ class BacktestResult:
     Attributes
     ----------
     returns : DataFrame of shape (N, S)
-        Net daily returns of rows ``t0+1 .. T-1`` (dates as index), ``t0`` the first rebalance row
-        (``L``, or the first row on or after ``config.trade_start`` if later).
+        Net returns (one per price row) of rows ``t0+1 .. T-1`` (dates as index), ``t0`` the first rebalance
+        row (``L``, or the first row on or after ``config.trade_start`` if later).
     gross_returns : DataFrame of shape (N, S)
-        Daily returns before costs.
+        Returns before costs.
     weights : dict of str to DataFrame of shape (K, n)
         Target weights ``w_t`` by rebalance date.
     turnover : DataFrame of shape (K, S)
@@ -37,6 +37,10 @@ class BacktestResult:
         The configuration that was run.
     fit_dates : DatetimeIndex
         Rebalance dates at which ``fit`` was called (the same for every strategy).
+    periods_per_year : int or float
+        Return periods per year ``A`` that annualised the metrics and Sharpe ratios:
+        ``config.periods_per_year`` when set, else inferred from the dates of the prices
+        (:func:`~portfolio_layers.data.frequency.resolve_periods_per_year`).
     diagnostics : dict of str to dict of str to DataFrame
         ``strategy.diagnostics()`` for the strategies that offer it.
     seconds : dict of str to float
@@ -50,6 +54,7 @@ class BacktestResult:
     metrics: pd.DataFrame
     config: BacktestConfig
     fit_dates: pd.DatetimeIndex
+    periods_per_year: int | float
     diagnostics: dict[str, dict[str, pd.DataFrame]] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -86,7 +91,7 @@ class BacktestResult:
         for name in self.strategies:
             if name == benchmark:
                 continue
-            test = sharpe_difference_test(self.returns[name], self.returns[benchmark])
+            test = sharpe_difference_test(self.returns[name], self.returns[benchmark], self.periods_per_year)
             rows[name] = {
                 "sharpe": test.sharpe_a,
                 "sharpe_difference": test.difference,
