@@ -15,43 +15,135 @@ import textwrap
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
+
+if TYPE_CHECKING:
+    from portfolio_layers.backtest.config import BacktestConfig
+    from portfolio_layers.backtest.result import BacktestResult
 
 DEFAULT_CONFIG = Path("backtests") / "configs" / "default.toml"
 DEFAULT_RESULTS = Path("backtests") / "results"
 
 
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose ``epilog`` may be a function, called only when the help is shown.
+
+    The backtest help lists the strategies of the registry, whose import (torch) would slow every command.
+    """
+
+    def format_help(self) -> str:
+        if callable(self.epilog):
+            self.epilog = self.epilog()
+        return super().format_help()
+
+
+def _strategies_epilog() -> str:
+    from portfolio_layers.registry import available_strategies
+
+    return (
+        f"strategies: {', '.join(available_strategies())} (options of each in [params.NAME] tables of the "
+        "config). The defaults above are those of the default run, on the embedded sp500 data; a config "
+        "file's values replace them, and flags replace both. The run header says which start, trade start, "
+        "cap and periods per year were used and where they came from."
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
+    from portfolio_layers.backtest.config import default_config
+
+    d = default_config()
     parser = argparse.ArgumentParser(
         prog="portfolio-layers",
         description="Differentiable portfolio layers: walk-forward backtests and market data.",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     bt = sub.add_parser(
         "backtest",
         help="run a walk-forward backtest",
         description="Run a walk-forward backtest. Flags override the config file; without --config, "
-        f"{DEFAULT_CONFIG} is used if it exists, else the built-in default run.",
+        f"{DEFAULT_CONFIG} is used if it exists in the current folder, else the built-in default run (the "
+        "same values).",
+        epilog=_strategies_epilog,
     )
-    bt.add_argument("--config", type=Path, help="TOML config (default: %(default)s if present)")
-    bt.add_argument("--prices", help="embedded dataset name (sp500) or CSV path")
-    bt.add_argument("--strategies", help="comma-separated strategy names, e.g. equal_weight,min_variance")
-    bt.add_argument("--lookback", type=int, help="rows L seen by a strategy at each rebalance")
-    bt.add_argument("--rebalance", type=int, help="rows k between rebalances")
-    bt.add_argument("--retrain-every", type=int, help="rows between re-trainings of learning strategies")
-    bt.add_argument("--train-window", type=int, help="rows of the rolling training window")
-    bt.add_argument("--window", choices=["rolling", "expanding"], help="training window type")
-    bt.add_argument("--cost-bps", type=float, help="proportional cost in basis points of turnover")
-    bt.add_argument("--max-weight", help="per-asset cap in (0, 1], or 'none' to remove the cap")
-    bt.add_argument("--start", help="first price date kept (YYYY-MM-DD)")
-    bt.add_argument("--end", help="last price date kept (YYYY-MM-DD)")
-    bt.add_argument("--trade-start", help="first date a trade may happen; earlier rows are history only")
-    bt.add_argument("--seed", type=int, help="seed passed to strategies that take one")
-    bt.add_argument("--benchmark", help="strategy the others are tested against (Sharpe difference)")
-    bt.add_argument("--missing", choices=["raise", "ffill", "drop"], help="missing-price policy")
-    bt.add_argument("--out", type=Path, help="output folder (default backtests/results/<UTC timestamp>/)")
+    bt.add_argument(
+        "--config",
+        type=Path,
+        help=f"TOML config (default: {DEFAULT_CONFIG} if present in the current folder, else the built-in "
+        "default run)",
+    )
+    bt.add_argument(
+        "--prices",
+        help=f"embedded dataset name or CSV path (default: {d.prices}); another source than the config's "
+        "drops the config's start, end, trade start, cap and periods per year (they describe its data)",
+    )
+    bt.add_argument(
+        "--strategies",
+        help=f"comma-separated strategy names, listed below (default: {','.join(d.strategies)})",
+    )
+    bt.add_argument(
+        "--lookback", type=int, help=f"rows L seen by a strategy at each rebalance (default: {d.lookback})"
+    )
+    bt.add_argument("--rebalance", type=int, help=f"rows k between rebalances (default: {d.rebalance})")
+    bt.add_argument(
+        "--retrain-every",
+        type=int,
+        help=f"rows between re-trainings of learning strategies (default: {d.retrain_every})",
+    )
+    bt.add_argument(
+        "--train-window", type=int, help=f"rows of the rolling training window (default: {d.train_window})"
+    )
+    bt.add_argument(
+        "--window", choices=["rolling", "expanding"], help=f"training window type (default: {d.window})"
+    )
+    bt.add_argument(
+        "--cost-bps",
+        type=float,
+        help=f"proportional cost in basis points of turnover (default: {d.cost_bps:g})",
+    )
+    bt.add_argument(
+        "--max-weight",
+        help=f"per-asset cap in (0, 1], or 'none' to remove the cap (default: {d.max_weight:g} on "
+        f"{d.prices}, none on other data)",
+    )
+    bt.add_argument(
+        "--start",
+        help=f"first price date kept, YYYY-MM-DD (default: {d.start} on {d.prices}, the first date of "
+        "other data)",
+    )
+    bt.add_argument("--end", help="last price date kept, YYYY-MM-DD (default: the last date of the data)")
+    bt.add_argument(
+        "--trade-start",
+        help=f"first date a trade may happen; earlier rows are history only (default: {d.trade_start} on "
+        f"{d.prices}, row --lookback of other data)",
+    )
+    bt.add_argument(
+        "--periods-per-year",
+        type=float,
+        help="return periods per year used to annualise metrics, e.g. 252 daily, 52 weekly, 12 monthly "
+        "(default: inferred from the dates; an irregular index needs it)",
+    )
+    bt.add_argument("--seed", type=int, help=f"seed passed to strategies that take one (default: {d.seed})")
+    bt.add_argument(
+        "--benchmark",
+        help="strategy the others are tested against (Sharpe difference), one of the strategies run, or '' "
+        f"for no tests (default: {d.benchmark})",
+    )
+    bt.add_argument(
+        "--missing", choices=["raise", "ffill", "drop"], help=f"missing-price policy (default: {d.missing})"
+    )
+    bt.add_argument(
+        "--out",
+        type=Path,
+        help=f"output folder, new or empty (default: {DEFAULT_RESULTS}/<UTC timestamp>/)",
+    )
+    bt.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run already in --out (only a folder holding nothing but a run this package wrote)",
+    )
     bt.add_argument("--quiet", action="store_true", help="no progress bars")
 
     data = sub.add_parser("data", help="market data", description="Market data commands.")
@@ -76,19 +168,31 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _resolve_config(args: argparse.Namespace):
-    from portfolio_layers.backtest.config import BacktestConfig, default_config
+def _resolve_config(args: argparse.Namespace) -> tuple[BacktestConfig, dict[str, str]]:
+    """The config of the run, and where each value of its data keys comes from (for the run header)."""
+    from portfolio_layers.backtest.config import DATA_KEYS, BacktestConfig, default_config
     from portfolio_layers.errors import ConfigError
 
     if args.config is not None:
         config = BacktestConfig.from_toml(args.config)
+        source = f"config {args.config}"
     elif DEFAULT_CONFIG.is_file():
         config = BacktestConfig.from_toml(DEFAULT_CONFIG)
+        source = f"config {DEFAULT_CONFIG}"
     else:
         print(f"note: {DEFAULT_CONFIG} not found here; using the built-in default run.", file=sys.stderr)
         config = default_config()
+        source = "the built-in default run"
+    if args.prices is not None and args.prices != config.prices:
+        dropped = [f"{key} {getattr(config, key)}" for key in DATA_KEYS if getattr(config, key) is not None]
+        if dropped:
+            print(
+                f"note: --prices {args.prices} replaces {config.prices} of {source}; its "
+                f"{', '.join(dropped)} describe that data and are not used (give them as flags to set them).",
+                file=sys.stderr,
+            )
+        config = config.with_prices(args.prices)
     changes = {
-        "prices": args.prices,
         "lookback": args.lookback,
         "rebalance": args.rebalance,
         "retrain_every": args.retrain_every,
@@ -101,6 +205,7 @@ def _resolve_config(args: argparse.Namespace):
         "seed": args.seed,
         "benchmark": args.benchmark,
         "missing": args.missing,
+        "periods_per_year": args.periods_per_year,
     }
     if args.strategies is not None:
         config = config.with_strategies(s.strip() for s in args.strategies.split(",") if s.strip())
@@ -124,7 +229,9 @@ def _resolve_config(args: argparse.Namespace):
                     f"--max-weight must be a number in (0, 1] or 'none', got {args.max_weight!r}."
                 ) from None
             config = dataclasses.replace(config, max_weight=value)
-    return config
+    flags = {key: f"--{key.replace('_', '-')}" for key in DATA_KEYS if getattr(args, key) is not None}
+    origins = {key: flags.get(key, source) for key in DATA_KEYS}
+    return config, origins
 
 
 def _default_out() -> Path:
@@ -141,30 +248,75 @@ def _format_table(frame: pd.DataFrame) -> str:
     return frame.to_string(float_format=lambda v: f"{v:.4f}", na_rep="n/a")
 
 
+def _header(
+    config: BacktestConfig, origins: dict[str, str], prices: pd.DataFrame, result: BacktestResult
+) -> str:
+    """The run header: data, dates, cap and frequency used, and where each setting came from."""
+    from portfolio_layers.data.frequency import describe_frequency
+
+    def origin(key: str, value: object) -> str:
+        return f"{key} {value} from {origins[key]}"
+
+    kept = [origin(key, getattr(config, key)) for key in ("start", "end") if getattr(config, key) is not None]
+    r = result.returns
+    trade = (
+        origin("trade_start", config.trade_start)
+        if config.trade_start is not None
+        else f"trade_start not set: row lookback {config.lookback}"
+    )
+    cap = (
+        f"{config.max_weight:g} per asset ({origin('max_weight', config.max_weight)})"
+        if config.max_weight is not None
+        else "none (max_weight not set)"
+    )
+    periods = result.periods_per_year
+    how = (
+        "inferred from the dates"
+        if config.periods_per_year is None
+        else f"set by {origins['periods_per_year']}"
+    )
+    return "\n".join(
+        [
+            f"{config.prices}: {prices.shape[1]} assets, prices {prices.index[0].date()} to "
+            f"{prices.index[-1].date()} ({'; '.join(kept) or 'all the dates of the data'})",
+            f"trading from {result.turnover.index[0].date()} ({trade}): {len(r)} net returns "
+            f"{r.index[0].date()} to {r.index[-1].date()}, {len(result.turnover)} rebalances, lookback "
+            f"{config.lookback}, rebalance {config.rebalance}, costs {config.cost_bps:g} bps",
+            f"cap: {cap}",
+            f"frequency: {describe_frequency(periods)} ({periods:g} per year), {how}",
+        ]
+    )
+
+
 def _backtest(args: argparse.Namespace) -> int:
-    from portfolio_layers.backtest.engine import run_backtest
-    from portfolio_layers.backtest.output import save_result
+    from portfolio_layers.backtest.engine import prepare_prices, run_backtest
+    from portfolio_layers.backtest.metrics import DEFAULT_BLOCK_LENGTH, DEFAULT_N_BOOT
+    from portfolio_layers.backtest.output import check_out_dir, save_result
     from portfolio_layers.data.loaders import load_prices
-    from portfolio_layers.registry import build_strategies
+    from portfolio_layers.registry import build_strategies, strategy_parameters
 
     tic = time.perf_counter()
-    config = _resolve_config(args)
-    strategies = build_strategies(config)
+    # Every check before any work: config, strategy names, benchmark, output folder, data and frequency,
+    # then the strategies (their constructors validate their [params.NAME] tables).
+    config, origins = _resolve_config(args)
+    for name in config.strategies:
+        strategy_parameters(name)  # an unknown name raises, listing the available ones
+    config.check_benchmark()
+    out = check_out_dir(args.out, args.overwrite) if args.out is not None else _default_out()
     prices = load_prices(config.prices, missing=config.missing)
+    used, periods = prepare_prices(prices, config)
+    strategies = build_strategies(config, periods)
     result = run_backtest(prices, strategies, config, progress=not args.quiet)
-    out = args.out if args.out is not None else _default_out()
-    save_result(result, out)
-    r = result.returns
-    print(
-        f"{config.prices}: {prices.shape[1]} assets, net daily returns {r.index[0].date()} to "
-        f"{r.index[-1].date()} "
-        f"({len(r)} days, {len(result.turnover)} rebalances, lookback {config.lookback}, rebalance "
-        f"{config.rebalance}, costs {config.cost_bps:g} bps)"
-    )
+    save_result(result, out, overwrite=args.overwrite)
+    print(_header(config, origins, used, result))
     print(_format_table(result.metrics))
-    if config.benchmark in r.columns and r.shape[1] > 1:
-        print(f"\nSharpe ratio vs {config.benchmark} (Jobson-Korkie/Memmel test):")
-        print(_format_table(result.sharpe_tests()))
+    if config.benchmark is not None and result.returns.shape[1] > 1:
+        print(
+            f"\nSharpe ratio vs {config.benchmark}: Jobson-Korkie/Memmel test (z, p_value; iid normal "
+            "returns) and Ledoit-Wolf studentized circular block bootstrap (z_lw, p_value_lw; blocks of "
+            f"{DEFAULT_BLOCK_LENGTH}, {DEFAULT_N_BOOT} resamples, seed 0):"
+        )
+        print(_format_table(result.sharpe_tests().drop(columns="lw_settings")))
     print(f"\nresults in {out} ({time.perf_counter() - tic:.1f}s)", file=sys.stderr)
     return 0
 
@@ -207,7 +359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _backtest(args)
         return _download(args)
     except KeyboardInterrupt:
-        print("interrupted; files already written are complete, the rest were not written.", file=sys.stderr)
+        print("interrupted; no file or run folder was left half-written.", file=sys.stderr)
         return 130
     except PortfolioLayersError as exc:
         # Bad input (every ValueError subclass, infeasible constraints included) -> 2; a failed solver -> 1.

@@ -7,8 +7,8 @@ strategies and :class:`~portfolio_layers.models.strategy.E2EPortfolio` directly 
 A name accepts the keyword-only parameters of its constructor's signature, less the ones its entry fixes and
 ``name`` (a constructor that takes ``name`` receives the registry name). :func:`build_strategies` builds the
 strategies of a :class:`~portfolio_layers.backtest.config.BacktestConfig` from its ``[params.NAME]`` tables
-plus the run's :func:`shared_settings`, and :func:`~portfolio_layers.backtest.engine.run_backtest` runs the
-objects it is handed.
+plus the run's :func:`shared_settings` (cap, seed, costs, rebalance step, periods per year), and
+:func:`~portfolio_layers.backtest.engine.run_backtest` runs the objects it is handed.
 """
 
 from __future__ import annotations
@@ -126,41 +126,62 @@ def make_strategy(name: str, /, **params: Any) -> Strategy:
     return entry.constructor(**named, **entry.fixed, **params)
 
 
-def shared_settings(config: BacktestConfig) -> dict[str, Any]:
+def shared_settings(config: BacktestConfig, periods_per_year: int | float | None = None) -> dict[str, Any]:
     """The settings of a run handed to every strategy that accepts them, unless its table sets them.
 
-    A learning strategy thus trains with the cap, costs and rebalance step it is evaluated with.
+    A learning strategy thus trains with the cap, costs, rebalance step and frequency it is evaluated with.
+
+    Parameters
+    ----------
+    config : BacktestConfig
+        The run.
+    periods_per_year : int or float, optional
+        The run's resolved periods per year (:func:`~portfolio_layers.backtest.engine.prepare_prices` of its
+        prices), for a strategy that annualises; default ``config.periods_per_year`` (None when the config
+        leaves it to be inferred from the dates: then it is not passed).
     """
     return {
         "max_weight": config.max_weight,
         "seed": config.seed,
         "cost_bps": config.cost_bps,
         "rebalance": config.rebalance,
+        "periods_per_year": config.periods_per_year if periods_per_year is None else periods_per_year,
     }
 
 
-def strategy_kwargs(name: str, config: BacktestConfig) -> dict[str, Any]:
+def strategy_kwargs(
+    name: str, config: BacktestConfig, periods_per_year: int | float | None = None
+) -> dict[str, Any]:
     """Keyword arguments of strategy ``name`` in the run ``config``.
 
     Its ``[params.NAME]`` table, plus each :func:`shared_settings` value that is not None, that the strategy
-    accepts and that the table does not set.
+    accepts (a keyword-only parameter of its constructor) and that the table does not set: a constructor
+    without such a parameter never receives it.
     """
     params = dict(config.params.get(name, {}))
     accepted = strategy_parameters(name)
-    for key, value in shared_settings(config).items():
+    for key, value in shared_settings(config, periods_per_year).items():
         if value is not None and key in accepted:
             params.setdefault(key, value)
     return params
 
 
-def build_strategy(name: str, config: BacktestConfig) -> Strategy:
-    """Strategy ``name`` built with :func:`strategy_kwargs` of ``config``."""
-    return make_strategy(name, **strategy_kwargs(name, config))
+def build_strategy(
+    name: str, config: BacktestConfig, periods_per_year: int | float | None = None
+) -> Strategy:
+    """Strategy ``name`` built with :func:`strategy_kwargs` of ``config`` (and ``periods_per_year``)."""
+    return make_strategy(name, **strategy_kwargs(name, config, periods_per_year))
 
 
-def build_strategies(config: BacktestConfig) -> list[Strategy]:
-    """The strategies of ``config.strategies``, in order, built with :func:`build_strategy`."""
-    return [build_strategy(name, config) for name in config.strategies]
+def build_strategies(config: BacktestConfig, periods_per_year: int | float | None = None) -> list[Strategy]:
+    """The strategies of ``config.strategies``, in order, built with :func:`build_strategy`.
+
+    Pass ``periods_per_year`` resolved from the run's prices (``prepare_prices(prices, config)[1]``, see
+    :func:`~portfolio_layers.backtest.engine.prepare_prices`) so that a strategy that annualises (a learned
+    one's training loss) uses the frequency of the data; without it, only an explicit
+    ``config.periods_per_year`` is passed.
+    """
+    return [build_strategy(name, config, periods_per_year) for name in config.strategies]
 
 
 __all__ = [

@@ -109,7 +109,7 @@ def test_numerical_failure_in_a_strategy_is_one_paragraph_and_exit_1(tmp_path, m
         def weights(self, prices, current):
             raise RuntimeError("linalg.svd: The algorithm failed to converge\nsecond line of detail")
 
-    monkeypatch.setattr(registry, "build_strategy", lambda name, config: Broken())
+    monkeypatch.setattr(registry, "build_strategy", lambda name, config, periods_per_year=None: Broken())
     out = tmp_path / "x"
     code = main(["backtest", *SMALL, "--strategies", "equal_weight", "--out", str(out)])
     err = capsys.readouterr().err

@@ -1,19 +1,30 @@
 """The outcome of a walk-forward backtest, read by the engine, the writer and the report.
 
 :class:`BacktestResult` holds the returns, weights, turnover and metrics of every strategy of a run and
-derives wealth, drawdowns and Sharpe-difference tests from the returns; it writes nothing (see
-:mod:`~portfolio_layers.backtest.output` and :mod:`~portfolio_layers.backtest.report`).
+derives wealth, drawdowns and Sharpe-difference tests (Jobson-Korkie beside Ledoit-Wolf) from the returns; it
+writes nothing (see :mod:`~portfolio_layers.backtest.output` and :mod:`~portfolio_layers.backtest.report`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import pandas as pd
 
 from portfolio_layers.backtest.config import BacktestConfig
-from portfolio_layers.backtest.metrics import drawdowns, sharpe_difference_test
+from portfolio_layers.backtest.metrics import (
+    DEFAULT_BLOCK_LENGTH,
+    DEFAULT_N_BOOT,
+    MIN_OBS_LEDOIT_WOLF,
+    drawdowns,
+    sharpe_difference_test,
+)
 from portfolio_layers.errors import ConfigError
+
+#: Columns of :meth:`BacktestResult.sharpe_tests`: Jobson-Korkie (``z``, ``p_value``) and Ledoit-Wolf
+#: studentized circular block bootstrap (``z_lw``, ``p_value_lw``, ``lw_settings``).
+SHARPE_TEST_COLUMNS = ("sharpe", "sharpe_difference", "z", "p_value", "z_lw", "p_value_lw", "lw_settings")
 
 
 @dataclass(frozen=True)
@@ -57,6 +68,9 @@ class BacktestResult:
     periods_per_year: int | float
     diagnostics: dict[str, dict[str, pd.DataFrame]] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    _sharpe_tests: dict[tuple[Any, ...], pd.DataFrame] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     @property
     def strategies(self) -> list[str]:
@@ -71,36 +85,77 @@ class BacktestResult:
         """Drawdown from the running peak of wealth, positive fractions, shape (N, S)."""
         return self.returns.apply(lambda col: pd.Series(drawdowns(col.to_numpy()), index=col.index))
 
-    def sharpe_tests(self, benchmark: str | None = None) -> pd.DataFrame:
-        """Sharpe-difference test (Jobson-Korkie with Memmel's correction) of each strategy vs ``benchmark``.
+    def sharpe_tests(
+        self,
+        benchmark: str | None = None,
+        *,
+        block_length: int = DEFAULT_BLOCK_LENGTH,
+        n_boot: int = DEFAULT_N_BOOT,
+        seed: int = 0,
+    ) -> pd.DataFrame:
+        """Sharpe-difference tests of each strategy vs ``benchmark``: Jobson-Korkie and Ledoit-Wolf.
+
+        ``z``/``p_value``: Jobson-Korkie with Memmel's correction (iid normal returns).
+        ``z_lw``/``p_value_lw``: Ledoit & Wolf (2008), the HAC-studentized statistic with the p-value of the
+        studentized circular block bootstrap, valid for heavy-tailed and autocorrelated returns;
+        ``lw_settings`` says how it ran (block length, resamples, seed, HAC bandwidth). A pair with fewer than
+        ``max(MIN_OBS_LEDOIT_WOLF, 2 * block_length)`` returns gets NaN there. See
+        :func:`~portfolio_layers.backtest.metrics.sharpe_difference_test`.
 
         Parameters
         ----------
         benchmark : str, optional
             A strategy of this result; default ``config.benchmark``.
+        block_length : int
+            Bootstrap block length (default 5, a week of daily returns).
+        n_boot : int
+            Bootstrap resamples (default 4999: p-values resolve to 1/5000).
+        seed : int
+            Seed of the bootstrap (the same seed gives the same p-values).
 
         Returns
         -------
-        DataFrame of shape (S - 1, 4)
-            Index strategy, columns ``sharpe``, ``sharpe_difference``, ``z``, ``p_value``.
+        DataFrame of shape (S - 1, 7)
+            Index strategy, columns :data:`SHARPE_TEST_COLUMNS` (``sharpe``, ``sharpe_difference``, ``z``,
+            ``p_value``, ``z_lw``, ``p_value_lw``, ``lw_settings``); Sharpe ratios annualised with
+            :attr:`periods_per_year`.
         """
         benchmark = benchmark or self.config.benchmark
         if benchmark not in self.returns.columns:
-            raise ConfigError(f"benchmark {benchmark!r} is not among the strategies {self.strategies}.")
+            raise ConfigError(
+                f"benchmark {benchmark!r} is not among the strategies {self.strategies}; choose one of them."
+            )
+        key = (benchmark, block_length, n_boot, seed)
+        if key not in self._sharpe_tests:
+            self._sharpe_tests[key] = self._compute_sharpe_tests(benchmark, block_length, n_boot, seed)
+        return self._sharpe_tests[key].copy()
+
+    def _compute_sharpe_tests(
+        self, benchmark: str, block_length: int, n_boot: int, seed: int
+    ) -> pd.DataFrame:
+        bench = self.returns[benchmark]
         rows = {}
         for name in self.strategies:
             if name == benchmark:
                 continue
-            test = sharpe_difference_test(self.returns[name], self.returns[benchmark], self.periods_per_year)
-            rows[name] = {
-                "sharpe": test.sharpe_a,
-                "sharpe_difference": test.difference,
-                "z": test.z,
-                "p_value": test.p_value,
-            }
-        return pd.DataFrame.from_dict(
-            rows, orient="index", columns=["sharpe", "sharpe_difference", "z", "p_value"]
-        )
+            jk = sharpe_difference_test(self.returns[name], bench, self.periods_per_year)
+            needed = max(MIN_OBS_LEDOIT_WOLF, 2 * block_length)
+            if jk.n_obs >= needed:
+                lw = sharpe_difference_test(
+                    self.returns[name],
+                    bench,
+                    self.periods_per_year,
+                    method="ledoit_wolf_bootstrap",
+                    block_length=block_length,
+                    n_boot=n_boot,
+                    seed=seed,
+                )
+                z_lw, p_lw, settings = lw.z, lw.p_value, lw.settings
+            else:
+                z_lw, p_lw = float("nan"), float("nan")
+                settings = f"not computed: {jk.n_obs} paired returns, at least {needed} needed"
+            rows[name] = (jk.sharpe_a, jk.difference, jk.z, jk.p_value, z_lw, p_lw, settings)
+        return pd.DataFrame.from_dict(rows, orient="index", columns=list(SHARPE_TEST_COLUMNS))
 
 
-__all__ = ["BacktestResult"]
+__all__ = ["SHARPE_TEST_COLUMNS", "BacktestResult"]
