@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from portfolio_layers.errors import ConfigError, ShapeError
+from portfolio_layers.errors import ConfigError, InfeasibleError, ShapeError
 
 _F64 = torch.float64
 
@@ -23,6 +23,9 @@ _F64 = torch.float64
 @dataclass(frozen=True)
 class LinearConstraints:
     """``A w = b``, ``G w <= h``, ``lb <= w <= ub`` plus optional gross and turnover limits.
+
+    Bounds with ``lb > ub`` somewhere raise :class:`~portfolio_layers.errors.InfeasibleError` on
+    construction (so ``combine`` of contradicting bounds fails where it is written).
 
     Attributes
     ----------
@@ -46,6 +49,18 @@ class LinearConstraints:
     ub: Tensor
     max_gross: float | None = None
     max_turnover: float | None = None
+
+    def __post_init__(self) -> None:
+        crossed = self.lb > self.ub
+        if bool(crossed.any()):
+            j = crossed.nonzero().squeeze(-1).tolist()
+            shown = "; ".join(
+                f"asset {i}: lower {float(self.lb[i]):.6g} > upper {float(self.ub[i]):.6g}" for i in j[:3]
+            )
+            raise InfeasibleError(
+                f"the weight bounds cross at {len(j)} asset(s) ({shown}{', ...' if len(j) > 3 else ''}), "
+                "so no portfolio satisfies them: lower the floor or raise the cap of those assets"
+            )
 
     def __and__(self, other: LinearConstraints) -> LinearConstraints:
         return combine(self, other)

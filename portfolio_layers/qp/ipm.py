@@ -29,7 +29,7 @@ from portfolio_layers.qp.kkt import (
     reduced_matrix,
 )
 from portfolio_layers.qp.polish import Polished, guess_active, polish_corrected
-from portfolio_layers.qp.problem import BatchRecord, Bounds, QPData
+from portfolio_layers.qp.problem import BatchRecord, Bounds, QPData, bound_error
 from portfolio_layers.qp.solution import Status
 
 _UNDECIDED = -1
@@ -103,10 +103,11 @@ class InteriorPoint:
     polish_eps: float = 1e-9
 
     def solve(self, data: QPData, warm_start: IPMState | None = None) -> IPMResult:
-        """Solve the batch ``data`` (normalized as described in the module docstring)."""
+        """Solve the batch ``data`` (normalized as described in the module docstring).
+
+        ``lb < ub`` is assumed wherever both are finite (see :func:`check_distinct_bounds`).
+        """
         B, dt, dev = data.P.shape[0], data.P.dtype, data.P.device
-        if bool((data.lb == data.ub).any()):
-            raise_equal_bounds(data)
         bnd = Bounds.of(data)
         status = torch.full((B,), _UNDECIDED, dtype=torch.int8, device=dev)
         status[_presolve_infeasible(data, bnd, self.tol)] = Status.PRIMAL_INFEASIBLE
@@ -387,13 +388,18 @@ def _unbounded(d: QPData, st: IPMState) -> Tensor:
     return big & (mv(d.P, xn).abs().amax(-1) <= 1e-6) & ((d.q * xn).sum(-1) > 0)
 
 
-def raise_equal_bounds(d: QPData) -> None:
-    """Raise :class:`InputError` naming the first variable with ``lb == ub``."""
-    j = (d.lb >= d.ub).nonzero()[0].tolist()
-    raise InputError(
-        f"lb == ub at index {tuple(j)}: the interior point needs lb < ub; fix such a variable with an "
-        "equality row of A instead (or widen the bounds slightly)"
-    )
+def check_distinct_bounds(d: QPData) -> None:
+    """Raise :class:`InputError` naming the entries with ``lb == ub`` (the interior point needs ``lb < ub``).
+
+    Called by :func:`~portfolio_layers.qp.layer.solve_qp` on the data as given (so the message
+    indexes the broadcast bounds ``(*batch, n)``); :meth:`InteriorPoint.solve` assumes it passed.
+    """
+    equal = d.lb == d.ub
+    if bool(equal.any()):
+        raise InputError(
+            f"{bound_error(d, equal, '==')[1]}: the interior point needs lb < ub; fix such a variable with "
+            "an equality row of A instead (or widen the bounds slightly)"
+        )
 
 
 def warm_state(d: QPData, x: Tensor, duals: IPMState | None, margin: float = 1e-3) -> IPMState:

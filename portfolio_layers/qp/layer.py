@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import Tensor, nn
 
 from portfolio_layers.errors import ConfigError, NotPSDError, ShapeError
 from portfolio_layers.qp.autograd import Carrier, IPMFunction
 from portfolio_layers.qp.constraints import LinearConstraints, lift
-from portfolio_layers.qp.ipm import InteriorPoint, IPMState, warm_state
-from portfolio_layers.qp.problem import QPData, canonicalize
+from portfolio_layers.qp.ipm import InteriorPoint, IPMState, check_distinct_bounds, warm_state
+from portfolio_layers.qp.problem import (
+    QPData,
+    as_tensor,
+    canonicalize,
+    check_finite,
+    check_P,
+    raise_crossed_bounds,
+)
 from portfolio_layers.qp.solution import QPSolution
 
 BACKENDS = ("ipm", "qpth", "cvxpylayers")
@@ -74,17 +83,21 @@ def solve_qp(
     Raises
     ------
     ShapeError, NonFiniteError, InputError
-        Bad input (always raised, whatever ``throw``).
+        Bad input (always raised, whatever ``throw``), including a non-finite ``warm_start`` and,
+        for ``"ipm"``, ``lb == ub``; the message names the argument and the first bad entries.
     NotPSDError
         ``P`` has a clearly negative eigenvalue (below ``-100 n eps max|P|``).
     InfeasibleError, ConvergenceError, SolverError
-        With ``throw=True``, when some element is infeasible / hit ``max_iter`` / failed.
+        With ``throw=True``, when some element is infeasible / hit ``max_iter`` / failed. Crossed
+        bounds ``lb > ub`` raise :class:`InfeasibleError` before the solve, naming the entries.
     """
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
     if not isinstance(max_iter, int) or max_iter < 1:
         raise ConfigError(f"max_iter must be a positive int, got {max_iter!r}")
     data = canonicalize(P, q, A, b, G, h, lb, ub)
+    if throw:  # found before any solve; with throw=False such elements are PRIMAL_INFEASIBLE
+        raise_crossed_bounds(data)
     tol = default_tol(data.P.dtype) if tol is None else float(tol)
     if not tol > 0:
         raise ConfigError(f"tol must be positive, got {tol}")
@@ -102,6 +115,7 @@ def solve_qp(
 
 
 def _solve_ipm(data: QPData, tol: float, max_iter: int, warm_start: QPSolution | Tensor | None) -> QPSolution:
+    check_distinct_bounds(data)
     with torch.no_grad():  # max|P| bounds max|(P + P') / 2|
         c = torch.maximum(data.P.abs().amax((-2, -1)), data.q.abs().amax(-1))
         c = c.clamp_min(torch.finfo(data.P.dtype).tiny ** 0.5)
@@ -162,29 +176,40 @@ def check_psd(P: Tensor, batch_shape: tuple[int, ...]) -> None:
 
 
 def _warm(d: QPData, ws: QPSolution | Tensor | None, c: Tensor) -> IPMState | None:
+    """The interior point's start from ``warm_start`` (validated here), in the normalized units of ``d``."""
     if ws is None:
         return None
     B, n = d.q.shape
+    hint = "warm start from finite weights or from a solution whose elements were all solved (sol.ok)"
     if isinstance(ws, QPSolution):
-        x = ws.x.detach().reshape(-1, n)
+        x = check_finite("warm_start.x", ws.x.detach(), hint).reshape(-1, n)
         if x.shape[0] != B:
             x = x.expand(B, n) if x.shape[0] == 1 else None
         if x is None:
-            raise ConfigError(f"warm_start has batch {tuple(ws.x.shape[:-1])}, the problem {d.batch_shape}")
+            raise ShapeError(
+                f"warm_start has batch {tuple(ws.x.shape[:-1])}, the problem {d.batch_shape}; warm start "
+                "from a solution of this batch (or of a single problem)"
+            )
 
-        def rs(v: Tensor, k: int) -> Tensor | None:
-            return None if k == 0 else (v.detach().reshape(-1, k) / c[:, None]).expand(B, k)
+        def rs(name: str, k: int) -> Tensor | None:
+            if k == 0:
+                return None
+            v = check_finite(
+                f"warm_start.{name}",
+                getattr(ws, name).detach(),
+                "the qpth and cvxpylayers backends give no multipliers: pass warm_start=solution.x instead",
+            )
+            return (v.reshape(-1, k) / c[:, None]).expand(B, k)
 
-        duals = IPMState(
-            x, rs(ws.lam, d.m), rs(ws.lam, d.m), rs(ws.z_lower, n), rs(ws.z_upper, n), rs(ws.y, d.p)
-        )
+        duals = IPMState(x, rs("lam", d.m), rs("lam", d.m), rs("z_lower", n), rs("z_upper", n), rs("y", d.p))
         return warm_state(d, x, duals)
-    if isinstance(ws, Tensor):
-        if ws.shape[-1] != n:
-            raise ConfigError(f"warm_start must have shape (*batch, {n}), got {tuple(ws.shape)}")
-        x = ws.detach().to(d.q.dtype).expand(*d.batch_shape, n).reshape(B, n)
-        return warm_state(d, x, None)
-    raise ConfigError(f"warm_start must be a QPSolution or a Tensor, got {type(ws).__name__}")
+    ws = check_finite("warm_start", as_tensor("warm_start", ws, d.q).detach(), hint)
+    want = (*d.batch_shape, n)
+    fits = 0 < ws.dim() <= len(want) and ws.shape[-1] == n
+    if not (fits and all(a in (1, w) for a, w in zip(ws.shape[::-1], want[::-1], strict=False))):
+        raise ShapeError(f"warm_start must have shape (n,) or (*batch, n) = {want}, got {tuple(ws.shape)}")
+    x = ws.to(d.q.dtype).expand(*want).reshape(B, n)
+    return warm_state(d, x, None)
 
 
 class QPLayer(nn.Module):
@@ -198,8 +223,14 @@ class QPLayer(nn.Module):
         Built with the constructors of :mod:`portfolio_layers.qp.constraints` (``fully_invested``,
         ``long_only``, ``weight_cap``, ``group_caps``, ``leverage_limit``, ``turnover_limit``) and
         :func:`~portfolio_layers.qp.constraints.combine`. Stored as buffers (they follow ``.to()``).
-    backend, tol, max_iter, throw
+    backend, tol, max_iter
         Passed to :func:`solve_qp`.
+    throw : bool
+        If True, a batch element that is not solved raises (see :func:`solve_qp`). If False,
+        :meth:`solve` reports it in ``QPSolution.status``; :meth:`forward`, which returns weights
+        only, warns (``RuntimeWarning``) naming the failed batch indices and their statuses, since
+        the weights of such an element are the solver's last iterate and need not satisfy the
+        constraints. Call :meth:`solve` to get the statuses.
 
     Notes
     -----
@@ -238,11 +269,19 @@ class QPLayer(nn.Module):
         Parameters
         ----------
         P : Tensor of shape (*batch, n, n)
+            Sets the dtype and device; ``q`` and ``x0`` given as arrays or sequences are converted to them.
         q : Tensor of shape (*batch, n)
         x0 : Tensor of shape (*batch, n) or (n,), optional
-            Previous weights; required when a turnover limit is set.
+            Previous weights (finite); required when a turnover limit is set.
+
+        Raises
+        ------
+        InputError, ShapeError, NonFiniteError
+            Bad input, naming the argument (``x0`` is checked before it enters ``h``).
         """
-        if P.shape[-1] != self.n or q.shape[-1] != self.n:
+        P = check_P(P)
+        q = as_tensor("q", q, P)
+        if P.shape[-1] != self.n or q.dim() == 0 or q.shape[-1] != self.n:
             raise ShapeError(
                 f"QPLayer was built for n = {self.n}; got P {tuple(P.shape)}, q {tuple(q.shape)}"
             )
@@ -257,10 +296,20 @@ class QPLayer(nn.Module):
         if self.needs_x0:
             if x0 is None:
                 raise ConfigError("this QPLayer has a turnover limit: pass x0 (the previous weights)")
-            if x0.shape[-1] != self.n:
-                raise ShapeError(f"x0 must have shape (*batch, {self.n}), got {tuple(x0.shape)}")
+            x0 = as_tensor("x0", x0, P)
+            if x0.dim() == 0 or x0.shape[-1] != self.n:
+                raise ShapeError(
+                    f"x0 must have shape (n,) or (*batch, n) with n = {self.n}, got {tuple(x0.shape)}"
+                )
+            check_finite("x0", x0, "the previous weights must be finite (0 for an asset not held)")
             rows = self._turnover_rows
-            batch = torch.broadcast_shapes(x0.shape[:-1], P.shape[:-2], q.shape[:-1])
+            try:
+                batch = torch.broadcast_shapes(x0.shape[:-1], P.shape[:-2], q.shape[:-1])
+            except RuntimeError as exc:
+                raise ShapeError(
+                    f"the batch dimensions of x0 {tuple(x0.shape)}, P {tuple(P.shape)} and "
+                    f"q {tuple(q.shape)} do not broadcast"
+                ) from exc
             h = h.expand(*batch, h.shape[-1]).clone()
             x0 = x0.to(dt)
             h[..., rows] = h[..., rows] + torch.cat([x0, -x0], -1).expand(*batch, 2 * self.n)
@@ -282,8 +331,21 @@ class QPLayer(nn.Module):
         )
 
     def forward(self, P: Tensor, q: Tensor, x0: Tensor | None = None) -> Tensor:
-        """Weights ``(*batch, n)`` (see :meth:`solve`)."""
-        return self.solve(P, q, x0).x[..., : self.n]
+        """Weights ``(*batch, n)`` (arguments as in :meth:`solve`).
+
+        With ``throw=False``, warns if some element was not solved (see the class docstring).
+        """
+        sol = self.solve(P, q, x0)
+        if not sol.ok:
+            warnings.warn(
+                "QPLayer: some problems were not solved, and their weights need not satisfy the constraints: "
+                + "; ".join(sol.messages())
+                + ". Call QPLayer.solve(P, q, x0) for the per-element QPSolution.status, or build the layer "
+                "with throw=True to raise instead",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        return sol.x[..., : self.n]
 
     def extra_repr(self) -> str:
         return f"n={self.n}, lifted_n={self.N}, backend={self.backend!r}"

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from portfolio_layers.errors import InputError, NonFiniteError, ShapeError
+from portfolio_layers.errors import InfeasibleError, InputError, NonFiniteError, ShapeError, format_indices
 
 _EXPECTED = (
     "expected P (*batch, n, n), q (*batch, n), A (*batch, p, n), b (*batch, p), G (*batch, m, n), "
@@ -143,8 +143,33 @@ def _bscale(d: QPData) -> Tensor:
     return s
 
 
-def _as_tensor(name: str, v: object, like: Tensor) -> Tensor:
+def locate(mask: Tensor, limit: int = 3) -> tuple[list[tuple[int, ...]], str]:
+    """The indices of the first ``limit`` True entries of ``mask`` and a message part naming them.
+
+    The text reads ``"index (0, 2)"`` or ``"indices (0, 2), (1, 4) and 5 more"``.
+    """
+    idx = [tuple(i) for i in mask.nonzero()[:limit].tolist()]
+    more = int(mask.sum()) - len(idx)
+    text = ", ".join(map(str, idx)) + (f" and {more} more" if more else "")
+    return idx, ("index " if len(idx) == 1 and not more else "indices ") + text
+
+
+def as_tensor(name: str, v: object, like: Tensor) -> Tensor:
+    """``v`` as a tensor on the device of ``like``.
+
+    A tensor is returned as it is (an error if it is on another device); numbers, sequences and
+    arrays are converted with the dtype and device of ``like``.
+
+    Raises
+    ------
+    InputError
+        ``v`` cannot be converted, or is a tensor on another device; the message names ``name``.
+    """
     if isinstance(v, Tensor):
+        if v.device != like.device:
+            raise InputError(
+                f"{name} is on {v.device} but P is on {like.device}; move all inputs to one device"
+            )
         return v
     if isinstance(v, (int, float)):
         return torch.tensor(float(v), dtype=like.dtype, device=like.device)
@@ -154,12 +179,72 @@ def _as_tensor(name: str, v: object, like: Tensor) -> Tensor:
         raise InputError(f"{name} must be a tensor, array or number, got {type(v).__name__}") from exc
 
 
-def _check_finite(name: str, v: Tensor) -> None:
-    if not bool(torch.isfinite(v).all()):
-        bad = (~torch.isfinite(v)).nonzero()[0].tolist()
-        raise NonFiniteError(
-            f"{name} holds NaN or infinite values (first at index {tuple(bad)}); clean it first"
+def check_finite(
+    name: str, v: Tensor, hint: str = "replace them (torch.nan_to_num) or drop those elements first"
+) -> Tensor:
+    """``v``, after checking that it holds no NaN or infinite value.
+
+    Raises
+    ------
+    NonFiniteError
+        Naming ``name``, the first non-finite entries and ``hint`` (what to do).
+    """
+    bad = ~torch.isfinite(v)
+    if bool(bad.any()):
+        raise NonFiniteError(f"{name} holds NaN or infinite values at {locate(bad)[1]}; {hint}")
+    return v
+
+
+def check_P(P: object) -> Tensor:
+    """``P`` if it is a float32/float64 tensor of shape ``(*batch, n, n)`` with ``n >= 1``.
+
+    ``P`` sets the dtype and device that the other inputs are converted to, so it must be a tensor.
+
+    Raises
+    ------
+    InputError, ShapeError
+        Naming what ``P`` is and what is expected.
+    """
+    if not isinstance(P, Tensor):
+        raise InputError(
+            f"P must be a torch.Tensor of shape (*batch, n, n) (it sets the dtype and device of the "
+            f"problem), got {type(P).__name__}; convert it with torch.as_tensor(P, dtype=torch.float64)"
         )
+    if P.dim() < 2 or P.shape[-1] != P.shape[-2]:
+        raise ShapeError(f"P must be a square matrix (*batch, n, n), got {tuple(P.shape)}; {_EXPECTED}")
+    if P.dtype not in (torch.float32, torch.float64):
+        raise InputError(f"P must be float32 or float64, got {P.dtype}")
+    if P.shape[-1] == 0:
+        raise ShapeError("P has n = 0 variables; " + _EXPECTED)
+    return P
+
+
+def bound_error(d: QPData, bad: Tensor, relation: str) -> tuple[list[tuple[int, ...]], str]:
+    """The batch indices where ``bad (B, n)`` holds and a message part naming the first entries.
+
+    The entries are indexed like the broadcast bounds ``(*batch, n)`` and shown with their values,
+    as in ``"lb > ub at index (1, 3) (lb = 0.5, ub = 0.2)"`` for ``relation = ">"``.
+    """
+    bad = bad.reshape(*d.batch_shape, d.n)
+    lb, ub = d.lb.reshape(bad.shape), d.ub.reshape(bad.shape)
+    idx, _ = locate(bad)
+    more = int(bad.sum()) - len(idx)
+    text = "; ".join(f"index {i} (lb = {float(lb[i]):.6g}, ub = {float(ub[i]):.6g})" for i in idx)
+    batch = [tuple(i) for i in bad.any(-1).nonzero().tolist()]
+    return batch, f"lb {relation} ub at {text}" + (f" and {more} more" if more else "")
+
+
+def raise_crossed_bounds(d: QPData) -> None:
+    """Raise :class:`InfeasibleError` if some ``lb > ub``, naming the entries and their values."""
+    bad = d.lb > d.ub
+    if not bool(bad.any()):
+        return
+    batch, text = bound_error(d, bad, ">")
+    raise InfeasibleError(
+        f"{text}, so no x satisfies lb <= x <= ub at batch indices {format_indices(batch)}: lower lb or "
+        "raise ub there (are the two swapped?). Or pass throw=False to get the statuses instead.",
+        batch,
+    )
 
 
 def canonicalize(
@@ -183,30 +268,27 @@ def canonicalize(
     InputError
         Non-floating dtypes, mixed devices, ``A`` without ``b`` (or ``G`` without ``h``).
     """
-    if not isinstance(P, Tensor) or P.dim() < 2 or P.shape[-1] != P.shape[-2]:
-        shape = tuple(P.shape) if isinstance(P, Tensor) else type(P).__name__
-        raise ShapeError(f"P must be a square matrix (*batch, n, n), got {shape}; {_EXPECTED}")
-    if not P.dtype.is_floating_point:
-        raise InputError(f"P must be float32 or float64, got {P.dtype}")
-    n = P.shape[-1]
-    if n == 0:
-        raise ShapeError("P has n = 0 variables; " + _EXPECTED)
+    n = check_P(P).shape[-1]
     if (A is None) != (b is None):
         raise InputError("A and b must be given together (or both left as None)")
     if (G is None) != (h is None):
         raise InputError("G and h must be given together (or both left as None)")
-    q = _as_tensor("q", q, P)
-    raw = {"P": P, "q": q, "A": A, "b": b, "G": G, "h": h}
-    raw = {k: (None if v is None else _as_tensor(k, v, P)) for k, v in raw.items()}
+    raw = {"P": P, "q": as_tensor("q", q, P)}
+    for k, v in (("A", A), ("b", b), ("G", G), ("h", h)):
+        raw[k] = None if v is None else as_tensor(k, v, P)
     bounds = {}
     for name, v, bad_inf in (("lb", lb, math.inf), ("ub", ub, -math.inf)):
         if v is None:
             continue
-        t = _as_tensor(name, v, P)
+        t = as_tensor(name, v, P)
         if t.dim() == 0:
             t = t.expand(n)
-        if bool(torch.isnan(t).any()) or bool((t == bad_inf).any()):
-            raise NonFiniteError(f"{name} holds NaN or {bad_inf} values; use None or {-bad_inf} for no bound")
+        bad = torch.isnan(t) | (t == bad_inf)
+        if bool(bad.any()):
+            raise NonFiniteError(
+                f"{name} holds NaN or {bad_inf} at {locate(bad)[1]}; use {-bad_inf} (or None) where "
+                "there is no bound"
+            )
         bounds[name] = t
     dtype = P.dtype
     for k, v in list(raw.items()) + list(bounds.items()):
@@ -214,14 +296,10 @@ def canonicalize(
             continue
         if not v.dtype.is_floating_point:
             raise InputError(f"{k} must be a floating tensor, got {v.dtype}")
-        if v.device != P.device:
-            raise InputError(f"{k} is on {v.device} but P is on {P.device}; move all inputs to one device")
-        dtype = torch.promote_types(dtype, v.dtype)
-    if dtype not in (torch.float32, torch.float64):
-        raise InputError(f"inputs must be float32 or float64, got {dtype}")
+        dtype = torch.promote_types(dtype, v.dtype)  # float32 or float64, as P is
     for k, v in raw.items():
         if v is not None:
-            _check_finite(k, v)
+            check_finite(k, v)
 
     # (name, tensor, number of trailing core dims, expected trailing shape with None = free)
     p = None if raw["A"] is None else (raw["A"].shape[-2] if raw["A"].dim() >= 2 else -1)

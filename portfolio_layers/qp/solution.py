@@ -21,8 +21,9 @@ class Status(StatusCode):
     )
     PRIMAL_INFEASIBLE = (
         2,
-        "the constraints admit no solution (a Farkas certificate was found); for example a cap ub "
-        "with n * ub < 1 under a full-investment constraint: relax the bounds or the constraints",
+        "the constraints admit no solution (found from the bounds, lb > ub included, or by a Farkas "
+        "certificate); for example a cap ub with n * ub < 1 under a full-investment constraint: relax "
+        "the bounds or the constraints",
         InfeasibleError,
     )
     DUAL_INFEASIBLE = (

@@ -119,5 +119,57 @@ def test_equal_bounds_rejected_with_advice() -> None:
     P, q = torch.eye(3, dtype=F64), torch.ones(3, dtype=F64)
     lb = torch.tensor([0.0, 0.2, 0.0], dtype=F64)
     ub = torch.tensor([1.0, 0.2, 1.0], dtype=F64)
-    with pytest.raises(InputError, match=r"lb == ub at index \(0, 1\).*equality row"):
+    with pytest.raises(InputError, match=r"lb == ub at index \(1,\) \(lb = 0.2, ub = 0.2\).*equality row"):
         solve_qp(P, q, lb=lb, ub=ub)
+
+
+def test_non_finite_and_bad_inputs_name_the_argument_and_the_entries() -> None:
+    P, q = torch.eye(3, dtype=F64), torch.ones(3, dtype=F64)
+    with pytest.raises(
+        NonFiniteError, match=r"q holds NaN or infinite values at indices \(0, 1\), \(1, 2\);"
+    ):
+        solve_qp(P, torch.tensor([[1.0, math.nan, 0.0], [0.0, 1.0, math.inf]], dtype=F64))
+    with pytest.raises(NonFiniteError, match=r"ub holds NaN or -inf at index \(1,\); use inf \(or None\)"):
+        solve_qp(P, q, ub=torch.tensor([1.0, -math.inf, 1.0], dtype=F64))
+    with pytest.raises(InputError, match=r"P must be a torch.Tensor .*got list; convert it"):
+        solve_qp(P.tolist(), q)
+
+
+def test_crossed_bounds_name_the_entries_and_values() -> None:
+    P, q = torch.eye(3, dtype=F64), torch.ones(3, dtype=F64)
+    lb = torch.tensor([0.0, 0.5, 0.0], dtype=F64)
+    ub = torch.tensor([1.0, 0.2, 1.0], dtype=F64)
+    with pytest.raises(
+        InfeasibleError, match=r"lb > ub at index \(1,\) \(lb = 0.5, ub = 0.2\).*lower lb or raise ub"
+    ):
+        solve_qp(P, q, lb=lb, ub=ub)
+    ub_b = torch.stack([torch.ones(3, dtype=F64), ub])  # only element 1 crosses
+    with pytest.raises(
+        InfeasibleError, match=r"index \(1, 1\) \(lb = 0.5, ub = 0.2\).*batch indices \[1\]"
+    ) as err:
+        solve_qp(P, q, lb=lb, ub=ub_b)
+    assert err.value.indices == ((1,),)
+    sol = solve_qp(P, q, lb=lb, ub=ub_b, throw=False)
+    assert sol.status.tolist() == [Status.SOLVED, Status.PRIMAL_INFEASIBLE]
+    assert "lb > ub" in sol.messages()[0]
+
+
+def test_warm_start_is_validated_up_front() -> None:
+    prob = random_qp(0, 4, mix="all")
+    with pytest.raises(NonFiniteError, match=r"warm_start holds NaN or infinite values at index \(1,\)"):
+        solve_qp(**prob, warm_start=torch.tensor([0.2, math.nan, 0.2, 0.2], dtype=F64))
+    bad = solve_qp(**prob, max_iter=1, throw=False)
+    bad = type(bad)(**{**bad.__dict__, "x": torch.full_like(bad.x, math.nan)})
+    with pytest.raises(NonFiniteError, match=r"warm_start\.x holds NaN.*sol\.ok"):
+        solve_qp(**prob, warm_start=bad)
+    no_duals = type(bad)(
+        **{**bad.__dict__, "x": bad.x.nan_to_num(0.3), "lam": torch.full_like(bad.lam, math.nan)}
+    )
+    with pytest.raises(NonFiniteError, match=r"warm_start\.lam holds NaN.*warm_start=solution\.x"):
+        solve_qp(**prob, warm_start=no_duals)
+    with pytest.raises(
+        ShapeError, match=r"warm_start must have shape \(n,\) or \(\*batch, n\) = \(4,\), got \(2, 4\)"
+    ):
+        solve_qp(**prob, warm_start=torch.zeros(2, 4, dtype=F64))
+    cold = solve_qp(**prob)
+    torch.testing.assert_close(solve_qp(**prob, warm_start=cold.x.tolist()).x, cold.x, rtol=0, atol=1e-8)

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import math
+import warnings
+
 import cvxpy as cp
 import numpy as np
 import pytest
 import torch
 
-from portfolio_layers.errors import ConfigError, ShapeError
+from portfolio_layers.errors import ConfigError, InfeasibleError, InputError, NonFiniteError, ShapeError
 from portfolio_layers.qp import (
     QPLayer,
+    Status,
     combine,
     fully_invested,
     group_caps,
@@ -127,3 +131,58 @@ def test_lifted_constraints_gradcheck() -> None:
         assert torch.autograd.gradcheck(
             lambda v, lay=layer, p0=prev: lay(P, v, p0), (qq,), atol=1e-5, rtol=1e-3
         )
+
+
+def test_throw_false_forward_warns_with_statuses_and_solve_returns_them() -> None:
+    n = 4
+    P, q = _data(n, 2, seed=4)
+    layer = QPLayer(fully_invested(n) & long_only(n) & turnover_limit(n, 0.5), throw=False)
+    x0 = torch.stack([torch.full((n,), 0.25, dtype=F64), torch.zeros(n, dtype=F64)])  # 1 needs turnover 1
+    with pytest.warns(RuntimeWarning, match=r"PRIMAL_INFEASIBLE at batch indices \[1\].*QPLayer\.solve"):
+        w = layer(P, q, x0)
+    assert abs(float(w[0].sum()) - 1.0) < 1e-8
+    sol = layer.solve(P, q, x0)
+    assert not sol.ok and sol.status.tolist() == [Status.SOLVED, Status.PRIMAL_INFEASIBLE]
+    torch.testing.assert_close(sol.x[..., :n], w, rtol=0, atol=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a solved batch does not warn
+        layer(P, q, x0[:1])
+
+
+def test_x0_accepts_sequences_and_arrays_and_is_checked_by_name() -> None:
+    n = 4
+    P, q = _data(n, 1)
+    layer = QPLayer(fully_invested(n) & long_only(n) & turnover_limit(n, 0.3))
+    ref = layer(P, q, torch.full((n,), 0.25, dtype=F64))
+    for x0 in ([0.25] * n, np.full(n, 0.25), torch.full((n,), 0.25)):
+        torch.testing.assert_close(layer(P, q, x0), ref, rtol=0, atol=0)
+    torch.testing.assert_close(layer(P, q.tolist(), [0.25] * n), ref, rtol=0, atol=0)
+    with pytest.raises(
+        ShapeError, match=r"x0 must have shape \(n,\) or \(\*batch, n\) with n = 4, got \(3,\)"
+    ):
+        layer(P, q, [0.25] * 3)
+    with pytest.raises(ShapeError, match=r"x0 must have shape .* got \(\)"):
+        layer(P, q, 0.25)
+    with pytest.raises(ShapeError, match=r"batch dimensions of x0 \(3, 4\)"):
+        layer(P.expand(2, n, n), q, torch.full((3, n), 0.25, dtype=F64))
+    with pytest.raises(InputError, match="x0 must be a tensor, array or number, got str"):
+        layer(P, q, "0.25")
+    with pytest.raises(InputError, match="P must be a torch.Tensor.*got list"):
+        layer(P[0].tolist(), q, [0.25] * n)
+
+
+def test_nan_x0_is_named_before_it_enters_h() -> None:
+    n = 4
+    P, q = _data(n, 1)
+    layer = QPLayer(fully_invested(n) & long_only(n) & turnover_limit(n, 0.3))
+    with pytest.raises(
+        NonFiniteError, match=r"x0 holds NaN or infinite values at index \(2,\); the previous"
+    ):
+        layer(P, q, [0.25, 0.25, math.nan, 0.25])
+
+
+def test_crossed_weight_bounds_fail_on_construction_naming_the_assets() -> None:
+    with pytest.raises(
+        InfeasibleError, match=r"cross at 1 asset\(s\) \(asset 2: lower 0 > upper -0.1\).*cap"
+    ):
+        long_only(4) & weight_bounds(4, upper=[0.5, 0.5, -0.1, 0.5])
