@@ -35,7 +35,7 @@ from portfolio_layers.deq.implicit import DEFAULT_ADJOINT, fixed_point
 from portfolio_layers.deq.solution import DEQSolution
 from portfolio_layers.deq.solvers import Anderson, SolverLike, make_solver
 from portfolio_layers.deq.stability import jacobian_penalty, normalize_linear
-from portfolio_layers.errors import ConfigError, NonFiniteError, ShapeError
+from portfolio_layers.errors import ConfigError, InputError, NonFiniteError, ShapeError
 
 ENCODER_SOLVER = Anderson(max_iter=30)
 
@@ -172,9 +172,11 @@ class DEQEncoder(nn.Module):
 
     Notes
     -----
-    ``forward(x)`` takes ``x`` of shape (batch, T, n, F), finite (drop feature warm-up rows first), and
-    returns ``(emb, info)`` with ``emb`` of shape (batch, n, d_model) and ``info`` a :class:`DEQInfo`.
-    Permutation-equivariant across assets; any T and n.
+    ``forward(x)`` takes ``x`` of shape (batch, T, n, F), finite (drop feature warm-up rows first) and of
+    the dtype of the encoder's weights (float32 as built: call ``encoder.double()`` for float64 input; the
+    input is not cast silently, which would hide a loss of precision), and returns ``(emb, info)`` with
+    ``emb`` of shape (batch, n, d_model) and ``info`` a :class:`DEQInfo`. Permutation-equivariant across
+    assets; any T and n.
     """
 
     def __init__(
@@ -204,6 +206,17 @@ class DEQEncoder(nn.Module):
         self.jacobian_samples = int(jacobian_samples)
 
     def _check(self, x: Tensor) -> None:
+        if not isinstance(x, Tensor):
+            raise InputError(
+                f"DEQEncoder expects x as a torch.Tensor of shape (batch, T, n, F={self.n_features}), got "
+                f"{type(x).__name__}; convert it with torch.as_tensor(x, dtype=torch.float64)."
+            )
+        dtype = self.inject.inp.weight.dtype
+        if x.dtype != dtype:
+            raise InputError(
+                f"DEQEncoder input x is {x.dtype} but the encoder's weights are {dtype}: call .double() (or "
+                f".to(x.dtype)) on the encoder, or cast the input with x.to({dtype})."
+            )
         if x.dim() != 4 or x.shape[-1] != self.n_features:
             raise ShapeError(
                 f"DEQEncoder expects x of shape (batch, T, n, F={self.n_features}), got {tuple(x.shape)}; "

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from portfolio_layers.deq.adjoint import JFB, Adjoint, Implicit, Unrolled
 from portfolio_layers.deq.solution import DEQSolution, raise_for_failure
-from portfolio_layers.deq.solvers import SolverLike, make_solver
+from portfolio_layers.deq.solvers import SolverLike, check_start, make_solver
 from portfolio_layers.errors import ConfigError
 
 DEFAULT_ADJOINT = Implicit()
@@ -39,7 +39,8 @@ def fixed_point(
         The forward iterations of ``Implicit`` and ``JFB`` run under ``torch.no_grad()``: compute
         parameter-only tensors (normalized weights, ...) before the call, not lazily inside ``f``.
     z0 : Tensor of shape (batch, ...)
-        Initial guess (commonly zeros). The first dimension is the batch.
+        Initial guess (commonly zeros), floating-point and finite. The first dimension is the batch, with at
+        least one element.
     solver : {"anderson", "broyden", "picard"} or a solver instance (``Anderson(m=5, max_iter=100)``, ...)
         The update and the stopping rule (``tol``, ``atol``, ``max_iter``; names take the defaults
         ``1e-4``, ``1e-6``, ``50``), see :class:`~portfolio_layers.deq.solvers.FixedPointSolver`.
@@ -62,6 +63,14 @@ def fixed_point(
     solution : DEQSolution
         Per-element status, iterations and residuals.
 
+    Raises
+    ------
+    InputError
+        ``z0`` is not a floating-point Tensor (:class:`ShapeError`: no batch dimension or an empty batch;
+        :class:`NonFiniteError`: NaN or infinite values).
+    ConvergenceError
+        With ``throw=True``, when an element ends ``MAX_ITER`` or ``NONFINITE`` (``f`` turned non-finite).
+
     Examples
     --------
     >>> W = 0.5 * torch.eye(3)
@@ -76,6 +85,7 @@ def fixed_point(
     if not 0.0 <= damping < 1.0:
         raise ConfigError(f"damping must be in [0, 1), got {damping}; 0 means no damping.")
     fwd = make_solver(solver)
+    check_start(z0)
     fd = f if damping == 0 else (lambda z: (1.0 - damping) * f(z) + damping * z)
     z_out, res = adjoint.solve(fd, z0, fwd, trace=trace, throw=throw)
     sol = DEQSolution(

@@ -20,7 +20,8 @@ class Status(StatusCode):
     )
     NONFINITE = (
         2,
-        "f produced NaN or infinite values at every iterate tried for this element",
+        "f produced NaN or infinite values (at the start or after some iterations: the map diverged or "
+        "overflowed); the finite iterate with the lowest residual is returned",
         ConvergenceError,
     )
 

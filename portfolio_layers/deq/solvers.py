@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from portfolio_layers.deq.solution import Status
-from portfolio_layers.errors import ConfigError, NonFiniteError, ShapeError
+from portfolio_layers.errors import ConfigError, InputError, NonFiniteError, ShapeError
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -237,13 +237,49 @@ def _residuals(z: Tensor, fz: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return diff, rel, finite, nf
 
 
+def check_start(z0: object) -> None:
+    """Raise a clear error unless ``z0`` is a usable starting point: a finite floating-point Tensor of shape
+    (batch, ...) with at least one batch element.
+
+    Raises
+    ------
+    InputError
+        ``z0`` is not a Tensor, or not floating-point (an integer iterate would truncate every update).
+    ShapeError
+        ``z0`` has no batch dimension, or an empty batch.
+    NonFiniteError
+        ``z0`` holds NaN or infinite values.
+    """
+    if not isinstance(z0, Tensor):
+        raise InputError(
+            f"z0 must be a torch.Tensor of shape (batch, ...), got {type(z0).__name__}; "
+            "pass torch.as_tensor(z0, dtype=torch.float64) or torch.zeros(batch, ...)."
+        )
+    if not z0.is_floating_point():
+        raise InputError(
+            f"z0 must be a floating-point tensor (float32 or float64), got {z0.dtype}; an integer iterate "
+            "would truncate every update: pass z0.double() or torch.zeros(..., dtype=torch.float64)."
+        )
+    if z0.dim() < 1:
+        raise ShapeError("z0 must have a leading batch dimension, shape (batch, ...); got a 0-d tensor.")
+    if z0.shape[0] == 0:
+        raise ShapeError(
+            f"z0 has an empty batch (shape {tuple(z0.shape)}): fixed_point needs at least one batch element; "
+            "skip the call when there is nothing to solve."
+        )
+    if not torch.isfinite(z0).all():
+        raise NonFiniteError("z0 holds NaN or infinite values; start from zeros or a finite guess.")
+
+
 def iterate(
     f: Callable[[Tensor], Tensor], z0: Tensor, solver: FixedPointSolver, *, trace: bool = False
 ) -> IterateResult:
     """Run ``solver`` on ``z = f(z)`` from ``z0`` with per-batch-element stopping.
 
     Element ``b`` stops (is frozen) once ``||f(z_b) - z_b|| <= atol + tol * ||f(z_b)||`` (norms over the
-    flattened non-batch dimensions) or once ``f`` returns non-finite values for it. ``f`` is still
+    flattened non-batch dimensions), status ``CONVERGED``, or once ``f`` returns non-finite values for it,
+    status ``NONFINITE`` (whether at ``z0`` or after some iterations); else it runs ``max_iter`` updates,
+    status ``MAX_ITER``. ``f`` is still
     evaluated on the whole batch (it closes over batched inputs), but frozen elements keep their iterate.
     The iterate with the lowest residual seen is returned for every element. Differentiable when run
     with autograd enabled (the ``unrolled`` backward).
@@ -252,7 +288,8 @@ def iterate(
     ----------
     f : callable, Tensor of shape (B, ...) -> Tensor of the same shape
     z0 : Tensor of shape (B, ...)
-        Starting point; the first dimension is the batch.
+        Starting point, floating-point and finite, ``B >= 1`` (:func:`~portfolio_layers.deq.fixed_point`
+        checks it with :func:`check_start`).
     solver : FixedPointSolver
         The update, and the stopping rule ``tol, atol, max_iter``.
     trace : bool
@@ -262,10 +299,6 @@ def iterate(
     -------
     IterateResult
     """
-    if z0.dim() < 1:
-        raise ShapeError("z0 must have a leading batch dimension, shape (batch, ...); got a 0-d tensor.")
-    if not torch.isfinite(z0).all():
-        raise NonFiniteError("z0 holds NaN or infinite values; start from zeros or a finite guess.")
     shape, B = z0.shape, z0.shape[0]
     tol, atol = solver.tol, solver.atol
 
@@ -281,6 +314,7 @@ def iterate(
     res, rel, finite, nf = _residuals(z, fz)
     conv = finite & (res <= atol + tol * nf)
     active = finite & ~conv
+    blown = ~finite  # f turned non-finite for this element (at z0 or at a later iterate): it stops there
     best_z, best_res = z, torch.where(finite, res, torch.full_like(res, math.inf))
     best_rel = torch.where(finite, rel, torch.full_like(rel, math.inf))
     iters = torch.zeros(B, dtype=torch.long, device=z.device)
@@ -301,11 +335,12 @@ def iterate(
         best_res = torch.where(better, res, best_res)
         best_rel = torch.where(better, rel, best_rel)
         conv = conv | conv_now
+        blown = blown | (active & ~finite)
         active = active & finite & ~conv_now
         if trace:
             traces.append(res)
     status = torch.full((B,), int(Status.MAX_ITER), dtype=torch.long, device=z.device)
-    status = torch.where(torch.isfinite(best_res), status, torch.full_like(status, int(Status.NONFINITE)))
+    status = torch.where(blown, torch.full_like(status, int(Status.NONFINITE)), status)
     status = torch.where(conv, torch.full_like(status, int(Status.CONVERGED)), status)
     return IterateResult(
         z=best_z.reshape(shape),

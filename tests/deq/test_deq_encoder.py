@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from portfolio_layers.deq import JFB, Anderson, Broyden, DEQEncoder, Implicit, MixingCell, Status, Unrolled
-from portfolio_layers.errors import ConfigError, ConvergenceError, NonFiniteError, ShapeError
+from portfolio_layers.errors import ConfigError, ConvergenceError, InputError, NonFiniteError, ShapeError
 
 TIGHT = {"tol": 1e-12, "atol": 1e-12, "max_iter": 400}
 ADJOINTS = {"implicit": Implicit(), "jfb": JFB(), "unrolled": Unrolled()}
@@ -106,6 +106,19 @@ def test_float32_close_to_float64():
     emb64, _ = enc(x, solver=Anderson(tol=1e-10, atol=0.0, max_iter=30))
     emb32, _ = enc.float()(x.float(), solver=Anderson(tol=1e-6, atol=0.0, max_iter=30))
     torch.testing.assert_close(emb32.double(), emb64, rtol=1e-3, atol=1e-3)
+
+
+def test_input_of_another_dtype_than_the_weights_says_to_cast_one_of_them():
+    torch.manual_seed(0)
+    enc32 = DEQEncoder(4, 8)  # float32 as built
+    with pytest.raises(
+        InputError, match=r"torch.float64 but the encoder's weights are torch.float32.*\.double\(\)"
+    ):
+        enc32(window())
+    with pytest.raises(InputError, match="torch.Tensor.*ndarray"):
+        enc32(window().numpy())
+    emb, _ = enc32.double()(window())  # the documented fix
+    assert emb.dtype == torch.float64
 
 
 def test_bad_input_and_options():

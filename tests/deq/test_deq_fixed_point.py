@@ -11,16 +11,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from portfolio_layers.deq import (
+    JFB,
     AdjointStats,
     Anderson,
     Broyden,
     Implicit,
     Picard,
     Status,
+    Unrolled,
     fixed_point,
     make_solver,
 )
-from portfolio_layers.errors import ConfigError, ConvergenceError, NonFiniteError, ShapeError
+from portfolio_layers.errors import ConfigError, ConvergenceError, InputError, NonFiniteError, ShapeError
 
 SOLVERS = ["picard", "anderson", "broyden"]
 TIGHT = {"tol": 1e-12, "atol": 1e-12, "max_iter": 600}
@@ -198,6 +200,40 @@ def test_bad_inputs():
         fixed_point(lambda z: z, torch.tensor(1.0))
     with pytest.raises(NonFiniteError):
         fixed_point(lambda z: 0.5 * z, torch.tensor([[float("inf")]]))
+
+
+@pytest.mark.parametrize(
+    ("z0", "error", "match"),
+    [
+        (torch.zeros(0, 3), ShapeError, r"z0 has an empty batch \(shape \(0, 3\)\).*skip the call"),
+        (torch.zeros(2, 3, dtype=torch.long), InputError, r"floating-point.*torch.int64.*double"),
+        ([[0.0, 0.0]], InputError, r"z0 must be a torch.Tensor.*got list.*as_tensor"),
+    ],
+)
+@pytest.mark.parametrize("adjoint", [Implicit(), JFB(), Unrolled()])
+def test_unusable_start_raises_a_clear_input_error(z0, error, match, adjoint):
+    with pytest.raises(error, match=match):
+        fixed_point(lambda z: 0.5 * z + 1.0, z0, adjoint=adjoint)
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_a_map_turning_nan_after_some_iterations_is_nonfinite_not_max_iter(solver):
+    calls = [0]
+
+    def f(z):  # no fixed point (every solver keeps stepping), NaN for element 1 from the fourth call on
+        calls[0] += 1
+        out = z + 1.0
+        if calls[0] > 3:
+            out = torch.cat([out[:1], out[1:2] * float("nan"), out[2:]])
+        return out
+
+    _, sol = fixed_point(f, torch.zeros(3, 2, dtype=torch.float64), solver=solver, throw=False)
+    assert sol.status[1] == Status.NONFINITE
+    assert bool(torch.isfinite(sol.abs_residual[1]))  # the last finite iterate is kept
+    assert sol.status[0] == sol.status[2] == Status.MAX_ITER
+    calls[0] = 0
+    with pytest.raises(ConvergenceError, match="NONFINITE at batch indices \\[1\\]"):
+        fixed_point(f, torch.zeros(3, 2, dtype=torch.float64), solver=solver)
 
 
 @settings(max_examples=15, deadline=None)
