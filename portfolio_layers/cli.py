@@ -270,6 +270,8 @@ def _header(
         else "none (max_weight not set)"
     )
     periods = result.periods_per_year
+    words = describe_frequency(periods)
+    frequency = f"{periods:g} per year" if words.endswith("per year") else f"{words} ({periods:g} per year)"
     how = (
         "inferred from the dates"
         if config.periods_per_year is None
@@ -283,7 +285,7 @@ def _header(
             f"{r.index[0].date()} to {r.index[-1].date()}, {len(result.turnover)} rebalances, lookback "
             f"{config.lookback}, rebalance {config.rebalance}, costs {config.cost_bps:g} bps",
             f"cap: {cap}",
-            f"frequency: {describe_frequency(periods)} ({periods:g} per year), {how}",
+            f"frequency: {frequency}, {how}",
         ]
     )
 

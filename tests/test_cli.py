@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 import yfinance
@@ -38,6 +39,19 @@ def test_backtest_end_to_end(tmp_path, monkeypatch, capsys):
     ]
     assert any(line.startswith("min_variance") for line in lines)
     assert "Sharpe ratio vs equal_weight" in captured.out
+    assert "z_lw" in captured.out and "p_value_lw" in captured.out
+    assert "max_weight 0.25 from the built-in default run" in captured.out
+    assert "frequency: daily (252 per year), inferred from the dates" in captured.out
+    tests = pd.read_csv(out / "sharpe_tests.csv", index_col=0)
+    assert list(tests.columns) == [
+        "sharpe",
+        "sharpe_difference",
+        "z",
+        "p_value",
+        "z_lw",
+        "p_value_lw",
+        "lw_settings",
+    ]
     metrics = json.loads((out / "metrics.json").read_text())
     assert list(metrics) == ["equal_weight", "min_variance", "mean_variance"]
     returns = pd.read_csv(out / "returns.csv", index_col=0, parse_dates=True)
@@ -85,6 +99,12 @@ def test_config_file_and_flags_override(tmp_path, capsys):
         (["--max-weight", "abc"], "--max-weight must be a number"),
         (["--prices", "missing.csv"], "nor an existing CSV file"),
         (["--start", "2030-01-01"], "no rows between"),
+        (["--benchmark", "nope"], "benchmark 'nope' is not among the strategies run ['equal_weight', "),
+        (["--strategies", "min_variance,mean_variance"], "benchmark 'equal_weight' is not among the"),
+        (["--seed", "12345678901234567890"], "'seed' must be in [0, 4294967295]"),
+        (["--periods-per-year", "0"], "'periods_per_year' must be a positive number"),
+        (["--periods-per-year", "nan"], "'periods_per_year' must be a positive number"),
+        (["--out", "."], "pass --overwrite"),
     ],
 )
 def test_bad_input_is_one_paragraph_and_exit_2(tmp_path, capsys, args, match):
@@ -95,6 +115,118 @@ def test_bad_input_is_one_paragraph_and_exit_2(tmp_path, capsys, args, match):
     message = err[err.index("error: ") :]
     assert match in " ".join(message.split()) and message.count("\n\n") == 0
     assert not (tmp_path / "x" / "metrics.json").exists()
+
+
+def test_no_benchmark_means_no_tests(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(
+        [
+            "backtest",
+            *SMALL,
+            "--strategies",
+            "equal_weight,min_variance",
+            "--benchmark",
+            "",
+            "--out",
+            str(out),
+        ]
+    )
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "Sharpe ratio vs" not in captured.out and not (out / "sharpe_tests.csv").exists()
+
+
+def test_a_non_string_benchmark_in_the_config_is_exit_2(tmp_path, capsys):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('strategies = ["equal_weight", "min_variance"]\nbenchmark = 3\n')
+    code = main(["backtest", "--config", str(cfg), *SMALL, "--out", str(tmp_path / "x")])
+    err = " ".join(capsys.readouterr().err.split())
+    assert (
+        code == 2
+        and "'benchmark' must be the name of one of the strategies ['equal_weight', 'min_variance']" in err
+    )
+
+
+def _users_csv(path) -> None:
+    idx = pd.bdate_range("2005-01-03", "2008-12-31")
+    rng = np.random.default_rng(0)
+    values = 100 * np.cumprod(1 + 0.01 * rng.standard_normal((len(idx), 4)), axis=0)
+    pd.DataFrame(values, index=pd.Index(idx, name="date"), columns=list("ABCD")).to_csv(path)
+
+
+def test_a_users_csv_keeps_its_own_dates_and_has_no_cap(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # the built-in default run: sp500 from 2010, trading from 2013, 25% cap
+    _users_csv(tmp_path / "mine.csv")
+    args = ["backtest", "--prices", "mine.csv", "--strategies", "equal_weight,min_variance", "--quiet"]
+    args += ["--lookback", "60"]
+    assert main([*args, "--out", "run"]) == 0
+    captured = capsys.readouterr()
+    err, header = " ".join(captured.err.split()), captured.out
+    assert "start 2010-01-01, trade_start 2013-01-01, max_weight 0.25 describe that data" in err
+    assert "mine.csv: 4 assets, prices 2005-01-03 to 2008-12-31 (all the dates of the data)" in header
+    assert "trading from 2005-03-28 (trade_start not set: row lookback 60)" in header
+    assert "cap: none (max_weight not set)" in header
+    returns = pd.read_csv(tmp_path / "run" / "returns.csv", index_col=0, parse_dates=True)
+    assert returns.index[0] == pd.Timestamp("2005-03-29")
+    config = (tmp_path / "run" / "config.toml").read_text()
+    assert "start" not in config and "max_weight" not in config
+    # Flags set them again, and the header says so.
+    assert main([*args, "--start", "2006-01-02", "--max-weight", "0.5", "--out", "run2"]) == 0
+    header = capsys.readouterr().out
+    assert (
+        "(start 2006-01-02 from --start)" in header
+        and "0.5 per asset (max_weight 0.5 from --max-weight)" in header
+    )
+
+
+def test_a_toml_file_that_is_not_utf8_is_exit_2_naming_it(tmp_path, capsys):
+    cfg = tmp_path / "latin1.toml"
+    cfg.write_bytes("# café\nlookback = 60\n".encode("latin-1"))
+    code = main(["backtest", "--config", str(cfg), "--out", str(tmp_path / "x")])
+    err = " ".join(capsys.readouterr().err.split())
+    assert code == 2 and "Traceback" not in err and "latin1.toml is not UTF-8 text" in err
+
+
+@pytest.mark.parametrize(
+    ("table", "named"),
+    [("[params.e2e]\nseed = 12345678901234567890", "seed"), ("[params.e2e.train]\nlr = nan", "lr")],
+)
+def test_a_bad_strategy_table_is_exit_2_before_the_run(tmp_path, monkeypatch, capsys, table, named):
+    # The constructors validate their tables when the CLI builds the strategies, before the run.
+    import portfolio_layers.backtest.engine as engine
+
+    def no_run(*args, **kwargs):
+        raise AssertionError("the run started")
+
+    monkeypatch.setattr(engine, "run_backtest", no_run)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'strategies = ["equal_weight", "e2e"]\n{table}\n')
+    code = main(["backtest", "--config", str(cfg), *SMALL, "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and named in err, err
+
+
+def test_help_lists_the_strategies_and_the_defaults(capsys):
+    from portfolio_layers.registry import available_strategies
+
+    with pytest.raises(SystemExit) as info:
+        main(["backtest", "--help"])
+    assert info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert all(name in text for name in available_strategies())
+    assert (
+        "TOML config (default: backtests/configs/default.toml if present in the current folder, else" in text
+    )
+    for default in (
+        "(default: 252)",
+        "(default: 21)",
+        "(default: 10)",
+        "(default: rolling)",
+        "(default: raise)",
+    ):
+        assert default in text
+    assert "(default: 0.25 on sp500, none on other data)" in text
+    assert "(default: inferred from the dates" in text
 
 
 def test_numerical_failure_in_a_strategy_is_one_paragraph_and_exit_1(tmp_path, monkeypatch, capsys):

@@ -58,6 +58,13 @@ def test_default_toml_matches_built_in_default_run():
             r"\[params.min_variance\] is given",
         ),
         ("lookback = ", "not valid TOML"),
+        ("seed = 12345678901234567890", r"'seed' must be in \[0, 4294967295\]"),
+        ("seed = -1", r"'seed' must be in \[0, 4294967295\]"),
+        ("benchmark = 3", r"'benchmark' must be the name of one of the strategies \['equal_weight', "),
+        ("benchmark = ['equal_weight']", "'benchmark' must be the name of one of the strategies"),
+        ("periods_per_year = 0", "'periods_per_year' must be a positive number"),
+        ("periods_per_year = nan", "'periods_per_year' must be a positive number"),
+        ("periods_per_year = '52'", "'periods_per_year' must be a positive number"),
     ],
 )
 def test_config_errors(tmp_path, text, match):
@@ -65,6 +72,36 @@ def test_config_errors(tmp_path, text, match):
     path.write_text(text + "\n")
     with pytest.raises(ConfigError, match=match):
         BacktestConfig.from_toml(path)
+
+
+def test_a_toml_file_that_is_not_utf8_is_a_config_error_naming_it(tmp_path):
+    path = tmp_path / "latin1.toml"
+    path.write_bytes("# café\nlookback = 60\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1.toml is not UTF-8 text \(byte 0xe9 at position 5\)"):
+        BacktestConfig.from_toml(path)
+
+
+def test_an_empty_benchmark_means_no_tests_and_a_missing_one_is_named():
+    assert BacktestConfig(benchmark="").benchmark is None
+    BacktestConfig(benchmark=None).check_benchmark()
+    config = BacktestConfig(strategies=("min_variance", "mean_variance"))
+    with pytest.raises(
+        ConfigError, match=r"'equal_weight' is not among the strategies run \['min_variance', "
+    ):
+        config.check_benchmark()
+
+
+def test_the_data_keys_belong_to_the_prices_they_describe():
+    config = default_config().override(end="2020-12-31", periods_per_year=252)
+    assert config.with_prices("sp500") is config
+    mine = config.with_prices("mine.csv")
+    assert mine.prices == "mine.csv"
+    assert (mine.start, mine.end, mine.trade_start, mine.max_weight, mine.periods_per_year) == (None,) * 5
+    assert (mine.lookback, mine.strategies, mine.params) == (
+        config.lookback,
+        config.strategies,
+        config.params,
+    )
 
 
 def test_unknown_override_and_missing_file(tmp_path):

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from portfolio_layers.backtest import BacktestConfig, run_backtest
+from portfolio_layers.backtest import BacktestConfig, run_backtest, sharpe_difference_test
 from portfolio_layers.errors import ConfigError, DataError, InfeasibleError, InputError, StrategyError
 from portfolio_layers.registry import build_strategies, build_strategy
 
@@ -272,3 +272,38 @@ def test_trade_start_keeps_earlier_rows_as_history_only():
     with pytest.raises(DataError, match="no trade possible"):
         past_config = BacktestConfig(trade_start="2021-01-01", **base)
         run_backtest(p, build_strategies(past_config), past_config)
+
+
+def test_sharpe_tests_report_ledoit_wolf_beside_jobson_korkie():
+    rng = np.random.default_rng(3)
+    idx = pd.date_range("2020-01-01", periods=300, freq="B")
+    p = pd.DataFrame(
+        np.exp(np.cumsum(rng.normal(0, 0.01, (300, 4)), axis=0)), index=idx, columns=list("ABCD")
+    )
+    cfg = BacktestConfig(lookback=20, rebalance=10, strategies=("equal_weight", "min_variance"))
+    res = run_backtest(p, build_strategies(cfg), cfg)
+    tests = res.sharpe_tests()
+    assert list(tests.columns) == [
+        "sharpe",
+        "sharpe_difference",
+        "z",
+        "p_value",
+        "z_lw",
+        "p_value_lw",
+        "lw_settings",
+    ]
+    a, b = res.returns["min_variance"], res.returns["equal_weight"]
+    jk = sharpe_difference_test(a, b, res.periods_per_year)
+    lw = sharpe_difference_test(
+        a, b, res.periods_per_year, method="ledoit_wolf_bootstrap", block_length=5, n_boot=4999, seed=0
+    )
+    row = tests.loc["min_variance"]
+    assert (row["z"], row["p_value"]) == (jk.z, jk.p_value)
+    assert (row["z_lw"], row["p_value_lw"], row["lw_settings"]) == (lw.z, lw.p_value, lw.settings)
+    assert "circular blocks of 5, 4999 resamples, seed 0" in row["lw_settings"]
+    other = res.sharpe_tests(block_length=10, n_boot=999, seed=1).loc["min_variance"]
+    assert "circular blocks of 10, 999 resamples, seed 1" in other["lw_settings"]
+    # Too few returns for the bootstrap: JK is reported, LW is NaN and says why.
+    short = run_backtest(p.iloc[:28], build_strategies(cfg), cfg).sharpe_tests().loc["min_variance"]
+    assert np.isfinite(short["p_value"]) and np.isnan(short["p_value_lw"])
+    assert short["lw_settings"].startswith("not computed: 7 paired returns, at least 10")
