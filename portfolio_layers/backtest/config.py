@@ -283,7 +283,8 @@ def default_config() -> BacktestConfig:
     The embedded S&P 500 dataset from 2010-01-01, trading from 2013-01-02 to 2022-12-28 (ten years; the
     three years before are history for the lookback and for training learning strategies), the four
     classical strategies and the learned ``e2e`` and ``pto``, lookback 252, monthly (21-row) rebalance,
-    10 bps costs, a 25% cap per asset, and risk aversion 5 for mean-variance.
+    10 bps costs, a 25% cap per asset, and risk aversion 5 for mean-variance. The dates and the cap describe
+    the embedded data: :meth:`BacktestConfig.with_prices` drops them for another source.
     """
     return BacktestConfig(
         prices="sp500",

@@ -12,6 +12,7 @@ Protocol, for price rows ``0 .. T-1`` with simple returns ``R[s] = p[s] / p[s-1]
    ``h[s,i] = h[s-1,i] (1 + R[s,i]) / (1 + r[s])`` until the next rebalance.
 
 Strategies only ever receive ``prices.iloc[view]`` or ``prices.iloc[train]``, slices that end at row t.
+Metrics and Sharpe tests annualise with the periods per year of the prices used (:func:`prepare_prices`).
 """
 
 from __future__ import annotations
