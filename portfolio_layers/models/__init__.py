@@ -6,12 +6,25 @@
 - :mod:`~portfolio_layers.models.model`: :class:`E2ENet` (learnable risk aversion, portfolio QP layer);
 - :mod:`~portfolio_layers.models.losses`: negative Sharpe/Sortino/utility on net returns of the next ``H``
   rows, consistent with the backtest engine (drift, ``cost_bps * turnover``), auxiliary MSE;
-- :mod:`~portfolio_layers.models.training`: the training loop, early stopping, checkpoints;
-- :mod:`~portfolio_layers.models.strategy`: :class:`E2EPortfolio` (``fit``/``weights``), an engine strategy.
+- :mod:`~portfolio_layers.models.training`: the training loop, early stopping;
+- :mod:`~portfolio_layers.models.checkpoints`: checkpoints of fits, damaged or unsafe files reported by name;
+- :mod:`~portfolio_layers.models.checks`: the checks shared by the entry points (settings, prices, weights);
+- :mod:`~portfolio_layers.models.strategy`: :class:`E2EPortfolio` (``fit``/``weights``), an engine strategy;
+- :mod:`~portfolio_layers.models.dro`: E2E-DRO decision layers (nominal QP, Hellinger/TV robust layers).
 """
 
 from __future__ import annotations
 
+from portfolio_layers.models.checkpoints import load_checkpoint, restore_fit, save_checkpoint
+from portfolio_layers.models.dro import (
+    AMBIGUITY_SETS,
+    DROLayer,
+    NominalLayer,
+    dro_layer,
+    error_windows,
+    nominal_layer,
+    prediction_errors,
+)
 from portfolio_layers.models.encoders import ENCODERS, LSTMEncoder, MLPEncoder, make_encoder
 from portfolio_layers.models.heads import ReturnHead, RiskHead, sample_covariance
 from portfolio_layers.models.losses import (
@@ -27,21 +40,18 @@ from portfolio_layers.models.model import E2ENet, NetOutput, portfolio_qp_layer
 from portfolio_layers.models.samples import Batch, WindowData, drift_weights
 from portfolio_layers.models.strategy import E2EPortfolio
 from portfolio_layers.models.synthetic import planted_market
-from portfolio_layers.models.training import (
-    TrainConfig,
-    TrainHistory,
-    load_checkpoint,
-    save_checkpoint,
-    train,
-)
+from portfolio_layers.models.training import TrainConfig, TrainHistory, train
 
 __all__ = [
+    "AMBIGUITY_SETS",
     "ENCODERS",
     "Batch",
+    "DROLayer",
     "E2ENet",
     "E2EPortfolio",
     "LSTMEncoder",
     "MLPEncoder",
+    "NominalLayer",
     "NetOutput",
     "ReturnHead",
     "RiskHead",
@@ -49,16 +59,21 @@ __all__ = [
     "TrainHistory",
     "WindowData",
     "drift_weights",
+    "dro_layer",
+    "error_windows",
     "load_checkpoint",
     "make_encoder",
     "mse_loss",
     "negative_sharpe",
     "negative_sortino",
     "negative_utility",
+    "nominal_layer",
     "planted_market",
     "portfolio_loss",
     "portfolio_qp_layer",
     "portfolio_returns",
+    "prediction_errors",
+    "restore_fit",
     "sample_covariance",
     "save_checkpoint",
     "train",

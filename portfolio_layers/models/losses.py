@@ -9,7 +9,9 @@ drifted weights ``h_prev`` just before the trade, and the realised simple return
   (cash earns 0);
 - the trade costs ``cost_bps / 1e4 * sum_i |w_i - h_prev_i|``, subtracted from the return of the first row.
 
-Every loss is a number to *minimise* (negative Sharpe, negative utility, negative Sortino).
+Every loss is a number to *minimise* (negative Sharpe, negative utility, negative Sortino). Annualised
+quantities use ``A = periods_per_year``, the number of return rows per year of the data (252 for daily rows,
+the default; 52 weekly, 12 monthly), as the backtest's metrics do.
 """
 
 from __future__ import annotations
@@ -20,8 +22,12 @@ import torch
 from torch import Tensor
 
 from portfolio_layers.errors import ConfigError, ShapeError
+from portfolio_layers.models.checks import Range
 
+#: Default number of return rows per year (daily data).
 PERIODS_PER_YEAR = 252
+#: The values ``periods_per_year`` accepts.
+PERIODS = Range(low=0, low_open=True)
 
 __all__ = [
     "LOSSES",
@@ -88,7 +94,7 @@ def portfolio_returns(
     Returns
     -------
     Tensor of shape (batch, H)
-        Daily portfolio returns, net of the trading cost.
+        Per-row portfolio returns, net of the trading cost.
     """
     _check(weights, future_returns)
     growth = torch.cumprod(1.0 + future_returns, dim=1)  # (batch, H, n)
@@ -104,68 +110,85 @@ def portfolio_returns(
 
 
 def _reduce_moments(returns: Tensor, pooled: bool) -> tuple[Tensor, Tensor]:
-    """Mean and variance of daily returns, pooled over the batch or per sample (shape (batch,))."""
+    """Mean and variance of per-row returns, pooled over the batch or per sample (shape (batch,))."""
     if pooled:
         flat = returns.reshape(-1)
         return flat.mean(), flat.var(unbiased=flat.numel() > 1)
     return returns.mean(-1), returns.var(-1, unbiased=returns.shape[-1] > 1)
 
 
-def negative_sharpe(returns: Tensor, *, pooled: bool = True, eps: float = 1e-8) -> Tensor:
-    """Minus the annualised Sharpe ratio ``mean(r) * A / (std(r) * sqrt(A))`` (rf = 0, ``A = 252``).
+def negative_sharpe(
+    returns: Tensor, *, pooled: bool = True, eps: float = 1e-8, periods_per_year: float = PERIODS_PER_YEAR
+) -> Tensor:
+    """Minus the annualised Sharpe ratio ``mean(r) * A / (std(r) * sqrt(A))`` (rf = 0).
 
     Parameters
     ----------
     returns : Tensor of shape (batch, H)
-        Daily portfolio returns.
+        Per-row portfolio returns.
     pooled : bool
         ``True``: one Sharpe ratio over all ``batch * H`` returns (stable with short horizons);
         ``False``: the mean over samples of each sample's Sharpe ratio.
     eps : float
         Added to the variance before the square root.
+    periods_per_year : float
+        ``A``, rows per year (252 daily, 52 weekly, 12 monthly).
     """
+    PERIODS.check("periods_per_year", periods_per_year)
     mean, var = _reduce_moments(returns, pooled)
-    sharpe = mean / torch.sqrt(var + eps) * math.sqrt(PERIODS_PER_YEAR)
+    sharpe = mean / torch.sqrt(var + eps) * math.sqrt(periods_per_year)
     return -sharpe.mean()
 
 
-def negative_sortino(returns: Tensor, *, pooled: bool = True, eps: float = 1e-8) -> Tensor:
+def negative_sortino(
+    returns: Tensor, *, pooled: bool = True, eps: float = 1e-8, periods_per_year: float = PERIODS_PER_YEAR
+) -> Tensor:
     """Minus the annualised Sortino ratio ``mean(r) * A / (sqrt(mean(min(r, 0)^2)) * sqrt(A))``.
 
     Parameters
     ----------
     returns : Tensor of shape (batch, H)
-        Daily portfolio returns.
-    pooled, eps
+        Per-row portfolio returns.
+    pooled, eps, periods_per_year
         As in :func:`negative_sharpe`.
     """
+    PERIODS.check("periods_per_year", periods_per_year)
     downside = torch.clamp(returns, max=0.0).square()
     if pooled:
         mean, down = returns.mean(), downside.mean()
     else:
         mean, down = returns.mean(-1), downside.mean(-1)
-    sortino = mean / torch.sqrt(down + eps) * math.sqrt(PERIODS_PER_YEAR)
+    sortino = mean / torch.sqrt(down + eps) * math.sqrt(periods_per_year)
     return -sortino.mean()
 
 
-def negative_utility(returns: Tensor, *, risk_aversion: float = 5.0, pooled: bool = True) -> Tensor:
+def negative_utility(
+    returns: Tensor,
+    *,
+    risk_aversion: float = 5.0,
+    pooled: bool = True,
+    periods_per_year: float = PERIODS_PER_YEAR,
+) -> Tensor:
     """Minus the annualised mean-variance utility ``mean(r) * A - risk_aversion / 2 * var(r) * A``.
 
     Parameters
     ----------
     returns : Tensor of shape (batch, H)
-        Daily portfolio returns.
+        Per-row portfolio returns.
     risk_aversion : float
         Weight of the variance (annualised units).
-    pooled : bool
+    pooled, periods_per_year
         As in :func:`negative_sharpe`.
     """
+    PERIODS.check("periods_per_year", periods_per_year)
     mean, var = _reduce_moments(returns, pooled)
-    utility = mean * PERIODS_PER_YEAR - 0.5 * risk_aversion * var * PERIODS_PER_YEAR
+    utility = mean * periods_per_year - 0.5 * risk_aversion * var * periods_per_year
     return -utility.mean()
 
 
-def mse_loss(predicted_mean: Tensor, future_returns: Tensor) -> Tensor:
+def mse_loss(
+    predicted_mean: Tensor, future_returns: Tensor, *, periods_per_year: float = PERIODS_PER_YEAR
+) -> Tensor:
     """Mean squared error of an annualised expected-return forecast against the realised mean of the horizon.
 
     Parameters
@@ -173,14 +196,17 @@ def mse_loss(predicted_mean: Tensor, future_returns: Tensor) -> Tensor:
     predicted_mean : Tensor of shape (batch, n)
         Forecast of the annualised mean simple return of each asset over the next ``H`` rows.
     future_returns : Tensor of shape (batch, H, n)
-        Realised daily simple returns.
+        Realised per-row simple returns.
+    periods_per_year : float
+        Rows per year, which annualise the realised mean.
     """
+    PERIODS.check("periods_per_year", periods_per_year)
     if predicted_mean.shape != future_returns[:, 0].shape:
         raise ShapeError(
             f"predicted_mean {tuple(predicted_mean.shape)} does not match future_returns "
             f"{tuple(future_returns.shape)}: expected (batch, n) and (batch, H, n)"
         )
-    realised = future_returns.mean(1) * PERIODS_PER_YEAR
+    realised = future_returns.mean(1) * periods_per_year
     return (predicted_mean - realised).square().mean()
 
 
@@ -196,6 +222,7 @@ def portfolio_loss(
     cost_bps: float = 0.0,
     risk_aversion: float = 5.0,
     pooled: bool = True,
+    periods_per_year: float = PERIODS_PER_YEAR,
 ) -> Tensor:
     """A backtest loss by name, on net-of-cost returns of the next ``H`` rows.
 
@@ -211,7 +238,7 @@ def portfolio_loss(
         Proportional trading cost in basis points (the engine's ``cost_bps``).
     risk_aversion : float
         Only for ``"utility"``.
-    pooled : bool
+    pooled, periods_per_year
         See :func:`negative_sharpe`.
 
     Returns
@@ -220,9 +247,11 @@ def portfolio_loss(
     """
     returns = portfolio_returns(weights, future_returns, previous, cost_bps)
     if name == "sharpe":
-        return negative_sharpe(returns, pooled=pooled)
+        return negative_sharpe(returns, pooled=pooled, periods_per_year=periods_per_year)
     if name == "sortino":
-        return negative_sortino(returns, pooled=pooled)
+        return negative_sortino(returns, pooled=pooled, periods_per_year=periods_per_year)
     if name == "utility":
-        return negative_utility(returns, risk_aversion=risk_aversion, pooled=pooled)
+        return negative_utility(
+            returns, risk_aversion=risk_aversion, pooled=pooled, periods_per_year=periods_per_year
+        )
     raise ConfigError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from portfolio_layers.errors import DataError, ShapeError
 from portfolio_layers.models.heads import sample_covariance
-from portfolio_layers.models.losses import PERIODS_PER_YEAR
+from portfolio_layers.models.losses import PERIODS, PERIODS_PER_YEAR
 
 __all__ = ["Batch", "WindowData", "drift_weights"]
 
@@ -53,7 +53,7 @@ class Batch:
     x : Tensor of shape (batch, T, n, F)
         Feature windows ending at the decision rows.
     sample_cov : Tensor of shape (batch, n, n)
-        Annualised sample covariance of the last ``W`` returns.
+        Annualised sample covariance of the last ``W`` returns (times ``periods_per_year``).
     future : Tensor of shape (batch, H, n)
         Realised simple returns of the ``H`` rows after the decision.
     prev_x, prev_cov : Tensors of shapes (batch, T, n, F) and (batch, n, n), or None
@@ -90,6 +90,9 @@ class WindowData:
     rebalance : int
         ``k``, rows between rebalances, used for the previous decision of the cost term; 0 disables it.
     dtype : torch.dtype
+    periods_per_year : float
+        Rows per year of the data (252 daily, 52 weekly, 12 monthly): annualises the sample covariance, and
+        :func:`~portfolio_layers.models.training.train` annualises its losses with it.
     """
 
     def __init__(
@@ -102,7 +105,9 @@ class WindowData:
         horizon: int,
         rebalance: int = 0,
         dtype: torch.dtype = torch.float64,
+        periods_per_year: float = PERIODS_PER_YEAR,
     ) -> None:
+        PERIODS.check("WindowData periods_per_year", periods_per_year)
         if features.ndim != 3 or returns.ndim != 2 or features.shape[:2] != returns.shape:
             raise ShapeError(
                 f"expected features (rows, n, F) and returns (rows, n) with the same rows and assets, got "
@@ -126,6 +131,7 @@ class WindowData:
         self.features = torch.as_tensor(np.nan_to_num(features), dtype=dtype)
         self.returns = torch.as_tensor(np.nan_to_num(returns), dtype=dtype)
         self.window, self.cov_window, self.horizon, self.rebalance = window, cov_window, horizon, rebalance
+        self.periods_per_year = periods_per_year
 
     @property
     def n_rows(self) -> int:
@@ -158,7 +164,7 @@ class WindowData:
         steps = torch.arange(-self.window + 1, 1)
         x = self.features[rows[:, None] + steps]  # (batch, T, n, F)
         cov_steps = torch.arange(-self.cov_window + 1, 1)
-        cov = sample_covariance(self.returns[rows[:, None] + cov_steps]) * PERIODS_PER_YEAR
+        cov = sample_covariance(self.returns[rows[:, None] + cov_steps]) * self.periods_per_year
         return x, cov
 
     def batch(self, rows: np.ndarray | Tensor) -> Batch:

@@ -10,6 +10,7 @@ Later ``fit`` calls continue from the current parameters (``refit_epochs``), as 
 With a ``checkpoint_dir`` every fit is saved under a fingerprint of (configuration, training prices, previous
 fit): a walk-forward run that was interrupted and is started again loads the folds it had completed instead of
 re-training them, and re-trains from the first missing fold on, with the same result as an uninterrupted run.
+A checkpoint that cannot be read back is an error naming it (:mod:`~portfolio_layers.models.checkpoints`).
 """
 
 from __future__ import annotations
@@ -27,16 +28,13 @@ import pandas as pd
 import torch
 
 from portfolio_layers.errors import ConfigError, DataError
+from portfolio_layers.models.checkpoints import restore_fit, save_checkpoint
+from portfolio_layers.models.checks import check_fields, check_prices, number, previous_weights
 from portfolio_layers.models.encoders import ENCODERS, make_encoder
+from portfolio_layers.models.losses import PERIODS_PER_YEAR
 from portfolio_layers.models.model import E2ENet, portfolio_qp_layer
 from portfolio_layers.models.samples import WindowData
-from portfolio_layers.models.training import (
-    TrainConfig,
-    TrainHistory,
-    load_checkpoint,
-    save_checkpoint,
-    train,
-)
+from portfolio_layers.models.training import TrainConfig, TrainHistory, train
 from portfolio_layers.qp import Status as QPStatus
 
 __all__ = ["E2E_TRAIN", "E2EPortfolio"]
@@ -63,9 +61,10 @@ def _threads(n: int | None):
 E2E_TRAIN = TrainConfig(epochs=8, patience=3, stride=2, cost_bps=10.0)
 
 
-def _run_setting(default: object) -> dataclasses.Field:
+def _run_setting(default: object, **accepted: object) -> dataclasses.Field:
     """A setting of the run, not of the model: left out of the checkpoint fingerprint."""
-    return dataclasses.field(default=default, metadata={"run": True})
+    checked = number(default, **accepted).metadata if accepted else {}
+    return dataclasses.field(default=default, metadata={"run": True, **checked})
 
 
 def _state() -> dataclasses.Field:
@@ -104,6 +103,9 @@ class E2EPortfolio:
         trading cost (one trade per ``H`` rows) match the backtest's.
     rebalance : int
         Rows between decisions (>= 1), for the trading cost of the loss (the model's own previous weights).
+    periods_per_year : float
+        Rows per year of the prices (252 daily, the default; 52 weekly, 12 monthly): annualises the
+        training loss and the sample covariance. A backtest run passes the frequency of its data.
     blend_sample_cov : bool
         Learn a blend of the factor covariance with the sample covariance.
     blend_init : float
@@ -116,7 +118,7 @@ class E2EPortfolio:
     max_weight : float, optional
         Per-asset cap of the QP.
     turnover_limit : float, optional
-        Bound on ``sum |w - w_prev|`` in the QP (``w_prev`` = drifted weights before the trade).
+        Bound on ``sum |w - w_prev|`` in the QP; ``w_prev`` is the ``current`` of :meth:`weights`.
     refit_epochs : int
         Epoch budget of each later fit (warm-started from the previous parameters; ``0`` re-trains from
         scratch with ``train.epochs`` every time).
@@ -135,7 +137,7 @@ class E2EPortfolio:
     Notes
     -----
     The checkpoint fingerprint covers every parameter except ``name``, ``checkpoint_dir``, ``progress`` and
-    ``num_threads``.
+    ``num_threads``. Every numeric parameter is checked at construction (:class:`ConfigError`).
     """
 
     name: str = _run_setting("e2e")
@@ -144,25 +146,26 @@ class E2EPortfolio:
     loss: dataclasses.InitVar[str | None] = None
     seed: dataclasses.InitVar[int | None] = None
     cost_bps: dataclasses.InitVar[float | None] = None
-    d_model: int = 16
-    n_factors: int = 3
-    window: int = 60
-    cov_window: int = 252
-    horizon: int | None = None
-    rebalance: int = 21
+    d_model: int = number(16, integer=True, low=1)
+    n_factors: int = number(3, integer=True, low=1)
+    window: int = number(60, integer=True, low=1)
+    cov_window: int = number(252, integer=True, low=2)
+    horizon: int | None = number(None, integer=True, low=1, optional=True)
+    rebalance: int = number(21, integer=True, low=1)
+    periods_per_year: float = number(PERIODS_PER_YEAR, low=0, low_open=True)
     blend_sample_cov: bool = True
-    blend_init: float = 0.9
-    risk_aversion: float = 5.0
+    blend_init: float = number(0.9, low=0, high=1, low_open=True, high_open=True)
+    risk_aversion: float = number(5.0, low=0, low_open=True)
     learn_risk_aversion: bool = True
-    return_scale: float = 0.01
-    max_weight: float | None = None
-    turnover_limit: float | None = None
-    refit_epochs: int = 3
+    return_scale: float = number(0.01, low=0, low_open=True)
+    max_weight: float | None = number(None, low=0, high=1, low_open=True, optional=True)
+    turnover_limit: float | None = number(None, low=0, optional=True)
+    refit_epochs: int = number(3, integer=True, low=0)
     dtype: str = "float64"
     encoder_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     checkpoint_dir: str | Path | None = _run_setting(None)
     progress: bool = _run_setting(False)
-    num_threads: int | None = _run_setting(1)
+    num_threads: int | None = _run_setting(1, integer=True, low=1, optional=True)
     net_: E2ENet | None = _state()
     scaler_: tuple[np.ndarray, np.ndarray] | None = _state()
     assets_: tuple[str, ...] | None = _state()
@@ -176,10 +179,9 @@ class E2EPortfolio:
             raise ConfigError(f"unknown encoder {self.encoder!r}; choose one of {', '.join(ENCODERS)}")
         if self.dtype not in _DTYPES:
             raise ConfigError(f"dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}")
-        if self.refit_epochs < 0:
-            raise ConfigError(f"refit_epochs must be >= 0, got {self.refit_epochs}")
-        if self.rebalance < 1:
-            raise ConfigError(f"rebalance must be >= 1 rows (the decision spacing), got {self.rebalance}")
+        check_fields(self)
+        if float(self.periods_per_year).is_integer():  # 252.0 and 252: one setting, one fingerprint
+            self.periods_per_year = int(self.periods_per_year)
         if not isinstance(self.train, TrainConfig):  # validated now, not at the first fit
             self.train = TrainConfig.from_dict({**dataclasses.asdict(E2E_TRAIN), **self.train})
         shorthands = {"loss": loss, "seed": seed, "cost_bps": cost_bps}
@@ -195,7 +197,9 @@ class E2EPortfolio:
         self.encoder_options = dict(sorted(self.encoder_options.items()))
         self.checkpoint_dir = None if self.checkpoint_dir is None else Path(self.checkpoint_dir)
         model = [
-            (f.name, getattr(self, f.name)) for f in dataclasses.fields(self) if f.init and not f.metadata
+            (f.name, getattr(self, f.name))
+            for f in dataclasses.fields(self)
+            if f.init and "run" not in f.metadata
         ]
         self._fingerprint = hashlib.sha256(repr(model).encode()).hexdigest()
 
@@ -204,14 +208,10 @@ class E2EPortfolio:
 
     # -- data ---------------------------------------------------------------------------------------
 
-    def _features(self, prices: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    def _features(self, prices: pd.DataFrame, call: str) -> tuple[np.ndarray, np.ndarray]:
         from portfolio_layers.data.features import price_features
 
-        if self.assets_ is not None and tuple(map(str, prices.columns)) != self.assets_:
-            raise DataError(
-                f"{self.name}: the prices have columns {list(prices.columns)} but the model was fitted on "
-                f"{list(self.assets_)}; pass the same assets in the same order"
-            )
+        check_prices(prices, f"{self.name}.{call}", self.assets_)
         features = price_features(prices).values
         values = prices.to_numpy(dtype=np.float64)
         returns = np.full_like(values, np.nan)
@@ -231,6 +231,7 @@ class E2EPortfolio:
             horizon=self.horizon,
             rebalance=rebalance,
             dtype=_DTYPES[self.dtype],
+            periods_per_year=self.periods_per_year,
         )
 
     # -- model --------------------------------------------------------------------------------------
@@ -263,7 +264,7 @@ class E2EPortfolio:
         Parameters
         ----------
         prices : DataFrame of shape (rows, n)
-            Prices (not returns), date-indexed, one column per asset.
+            Prices (not returns), date-indexed, one column per asset (the fitted ones on a later fit).
 
         Returns
         -------
@@ -273,7 +274,7 @@ class E2EPortfolio:
             return self._fit(prices)
 
     def _fit(self, prices: pd.DataFrame) -> E2EPortfolio:
-        features, returns = self._features(prices)
+        features, returns = self._features(prices, "fit")
         fold = len(self.histories_)
         first = self.net_ is None or self.refit_epochs == 0
         key = self._fold_key(prices)
@@ -289,9 +290,7 @@ class E2EPortfolio:
         self.scaler_ = (valid.mean(axis=(0, 1)), valid.std(axis=(0, 1)) + 1e-8)
         path = None if self.checkpoint_dir is None else self.checkpoint_dir / f"{self.name}-{key[:20]}.pt"
         if path is not None and path.is_file():
-            state = load_checkpoint(path)
-            self.net_.load_state_dict(state["model"])
-            history = TrainHistory.from_dict(state["history"])
+            history = restore_fit(path, self.net_)
             self.histories_.append((prices.index[-1], history, True))
             self._fingerprint = key
             return self
@@ -327,8 +326,9 @@ class E2EPortfolio:
             The price rows the strategy may see (``t-L .. t``); needs at least the feature warm-up plus
             ``window`` rows and ``cov_window + 1`` rows.
         current : ndarray of shape (n,), optional
-            Drifted weights before the trade (zeros or None before the first trade); used by a turnover
-            limit, which binds against ``1/n`` when there are none (the backtest charges it against 0).
+            Drifted weights before the trade, summing to 1, or zeros (or None) before the first trade; used
+            by a turnover limit, which binds against ``1/n`` when there are none (the backtest charges it
+            against 0). NaN, or nonzero weights not summing to 1, raise an ``InputError``.
 
         Returns
         -------
@@ -341,11 +341,11 @@ class E2EPortfolio:
     def _weights(self, prices: pd.DataFrame, current: np.ndarray | None = None) -> np.ndarray:
         if self.net_ is None:
             raise ConfigError(f"{self.name}: call fit(prices) before weights(prices)")
-        features, returns = self._features(prices)
+        features, returns = self._features(prices, "weights")
         batch = self._data(features, returns, 0).latest()
-        previous = None
-        if current is not None and np.abs(np.sum(current)) > 0:
-            previous = torch.as_tensor(np.asarray(current, dtype=np.float64)[None], dtype=_DTYPES[self.dtype])
+        previous = previous_weights(current, len(self.assets_), f"{self.name}.weights")
+        if previous is not None:
+            previous = torch.as_tensor(previous[None], dtype=_DTYPES[self.dtype])
         self.net_.eval()
         with torch.no_grad():
             out = self.net_(batch.x, batch.sample_cov, previous)

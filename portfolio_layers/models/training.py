@@ -1,4 +1,4 @@
-"""Training loop of the end-to-end model: Adam, gradient clipping, early stopping, checkpoints.
+"""Training loop of the end-to-end model: Adam, gradient clipping, early stopping.
 
 The loop is a function, :func:`train`, of a network, a :class:`~portfolio_layers.models.samples.WindowData`
 block and a :class:`TrainConfig`. The last ``val_fraction`` of the block's decision rows is the validation
@@ -8,28 +8,26 @@ validation loss is kept. Everything random comes from ``TrainConfig.seed`` throu
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 import time
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from portfolio_layers.atomic import atomic_write_bytes
 from portfolio_layers.deq import Status as DEQStatus
 from portfolio_layers.errors import ConfigError, DataError
+from portfolio_layers.models.checks import MAX_SEED, check_fields, number
 from portfolio_layers.models.losses import LOSSES, PERIODS_PER_YEAR, mse_loss, portfolio_loss
 from portfolio_layers.models.samples import Batch, WindowData, drift_weights
 from portfolio_layers.qp import Status as QPStatus
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["OBJECTIVES", "TrainConfig", "TrainHistory", "load_checkpoint", "save_checkpoint", "train"]
+__all__ = ["OBJECTIVES", "TrainConfig", "TrainHistory", "train"]
 
 OBJECTIVES = (*LOSSES, "mse")
 
@@ -67,39 +65,31 @@ class TrainConfig:
     jacobian_weight : float
         Weight of the DEQ's Jacobian regularizer when the encoder returns one.
     seed : int
+        In ``[0, 2**32 - 1]``.
+
+    Every numeric field is checked at construction (an integer or a finite number in its range, e.g.
+    ``lr > 0``, ``clip_norm >= 0`` with 0 for no clipping): a bad value raises :class:`ConfigError` here.
     """
 
     loss: str = "sharpe"
-    epochs: int = 20
-    batch_size: int = 32
-    lr: float = 3e-3
-    weight_decay: float = 0.0
-    clip_norm: float = 1.0
-    val_fraction: float = 0.2
-    patience: int = 4
-    stride: int = 1
-    cost_bps: float = 0.0
-    risk_aversion: float = 5.0
-    aux_mse: float = 0.0
-    jacobian_weight: float = 0.0
-    seed: int = 0
+    epochs: int = number(20, integer=True, low=0, low_open=True)
+    batch_size: int = number(32, integer=True, low=0, low_open=True)
+    lr: float = number(3e-3, low=0, low_open=True)
+    weight_decay: float = number(0.0, low=0)
+    clip_norm: float = number(1.0, low=0)
+    val_fraction: float = number(0.2, low=0, high=1, high_open=True)
+    patience: int = number(4, integer=True, low=0)
+    stride: int = number(1, integer=True, low=0, low_open=True)
+    cost_bps: float = number(0.0, low=0)
+    risk_aversion: float = number(5.0, low=0)
+    aux_mse: float = number(0.0, low=0)
+    jacobian_weight: float = number(0.0, low=0)
+    seed: int = number(0, integer=True, low=0, high=MAX_SEED)
 
     def __post_init__(self) -> None:
         if self.loss not in OBJECTIVES:
             raise ConfigError(f"unknown loss {self.loss!r}; choose one of {', '.join(OBJECTIVES)}")
-        positive = {
-            "epochs": self.epochs,
-            "batch_size": self.batch_size,
-            "lr": self.lr,
-            "stride": self.stride,
-        }
-        for name, value in positive.items():
-            if value <= 0:
-                raise ConfigError(f"TrainConfig.{name} must be positive, got {value}")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ConfigError(f"TrainConfig.val_fraction must lie in [0, 1), got {self.val_fraction}")
-        if min(self.cost_bps, self.aux_mse, self.weight_decay, self.jacobian_weight, self.clip_norm) < 0:
-            raise ConfigError("cost_bps, aux_mse, weight_decay, jacobian_weight and clip_norm must be >= 0")
+        check_fields(self)
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
@@ -190,8 +180,13 @@ def _diagnostics(out, grad_norm: float) -> dict:
     return diag
 
 
-def batch_loss(net: nn.Module, batch: Batch, config: TrainConfig) -> tuple[Tensor, object]:
+def batch_loss(
+    net: nn.Module, batch: Batch, config: TrainConfig, *, periods_per_year: float = PERIODS_PER_YEAR
+) -> tuple[Tensor, object]:
     """Loss of ``net`` on one batch, and the network output (for diagnostics).
+
+    ``periods_per_year`` (rows per year of the data) annualises the loss, as in
+    :func:`~portfolio_layers.models.losses.portfolio_loss`.
 
     With a cost (``cost_bps > 0``) or a turnover limit in the network, the previous weights are the network's
     own decision at the previous rebalance row, drifted to the decision row. Two simplifications against the
@@ -204,9 +199,10 @@ def batch_loss(net: nn.Module, batch: Batch, config: TrainConfig) -> tuple[Tenso
         realised = (
             torch.einsum("bhi,bhj->bij", batch.future, batch.future)
             / batch.future.shape[1]
-            * PERIODS_PER_YEAR
+            * periods_per_year
         )
-        loss = mse_loss(out.mu, batch.future) + (out.cov - realised).square().mean()
+        loss = mse_loss(out.mu, batch.future, periods_per_year=periods_per_year)
+        loss = loss + (out.cov - realised).square().mean()
         return loss, out
     previous = None
     if batch.prev_x is not None and (config.cost_bps > 0 or getattr(net, "needs_previous", False)):
@@ -221,9 +217,10 @@ def batch_loss(net: nn.Module, batch: Batch, config: TrainConfig) -> tuple[Tenso
         previous,
         cost_bps=config.cost_bps,
         risk_aversion=config.risk_aversion,
+        periods_per_year=periods_per_year,
     )
     if config.aux_mse:
-        loss = loss + config.aux_mse * mse_loss(out.mu, batch.future)
+        loss = loss + config.aux_mse * mse_loss(out.mu, batch.future, periods_per_year=periods_per_year)
     jacobian = getattr(getattr(out, "deq", None), "jacobian_loss", None)
     if config.jacobian_weight and jacobian is not None:
         loss = loss + config.jacobian_weight * jacobian
@@ -234,7 +231,7 @@ def _evaluate(net: nn.Module, data: WindowData, rows: np.ndarray, config: TrainC
     if len(rows) == 0:
         return float("nan")
     with torch.no_grad():
-        loss, _ = batch_loss(net, data.batch(rows), config)
+        loss, _ = batch_loss(net, data.batch(rows), config, periods_per_year=data.periods_per_year)
     return float(loss)
 
 
@@ -250,7 +247,7 @@ def train(
         and ``net.predict(x, sample_cov) -> out`` with ``out.mu`` and ``out.cov`` (see
         :class:`~portfolio_layers.models.model.E2ENet`).
     data : WindowData
-        One block of history; samples never leave it.
+        One block of history; samples never leave it. Its ``periods_per_year`` annualises the losses.
     config : TrainConfig
     progress : bool
         Show a tqdm bar (stderr) with the losses and the DEQ/QP diagnostics.
@@ -316,7 +313,8 @@ def _train_loop(
         order = train_rows[torch.randperm(len(train_rows), generator=generator).numpy()]
         losses, epoch_diag = [], []
         for i in range(0, len(order), config.batch_size):
-            loss, out = batch_loss(net, data.batch(np.sort(order[i : i + config.batch_size])), config)
+            batch = data.batch(np.sort(order[i : i + config.batch_size]))
+            loss, out = batch_loss(net, batch, config, periods_per_year=data.periods_per_year)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             norm = nn.utils.clip_grad_norm_(
@@ -386,22 +384,3 @@ def _postfix(train_loss: float, val_loss: float, diag: dict) -> dict:
         shown["qp_it"] = f"{diag['qp_iterations']:.1f}"
         shown["qp_fail"] = diag["qp_failed"]
     return shown
-
-
-def save_checkpoint(path: str | Path, net: nn.Module, **extra: object) -> Path:
-    """Write ``{"model": state_dict, **extra}`` with :func:`torch.save`, atomically.
-
-    ``extra`` values must be loadable with ``weights_only=True``: tensors, numbers, strings, and lists,
-    tuples and dicts of those.
-    """
-    buffer = io.BytesIO()
-    torch.save({"model": net.state_dict(), **extra}, buffer)
-    return atomic_write_bytes(path, buffer.getvalue())
-
-
-def load_checkpoint(path: str | Path) -> dict:
-    """Read a checkpoint written by :func:`save_checkpoint` (``torch.load(..., weights_only=True)``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    return torch.load(path, map_location="cpu", weights_only=True)

@@ -12,16 +12,10 @@ from torch import nn
 
 from portfolio_layers.errors import ConfigError, DataError
 from portfolio_layers.models import training as training_module
+from portfolio_layers.models.checkpoints import load_checkpoint, save_checkpoint
 from portfolio_layers.models.model import NetOutput
 from portfolio_layers.models.samples import WindowData
-from portfolio_layers.models.training import (
-    TrainConfig,
-    TrainHistory,
-    load_checkpoint,
-    save_checkpoint,
-    split_rows,
-    train,
-)
+from portfolio_layers.models.training import TrainConfig, TrainHistory, split_rows, train
 
 
 def trailing_features(prices, windows=(1, 5, 20)):
