@@ -71,8 +71,8 @@ def load_checkpoint(path: str | Path) -> dict:
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except PermissionError:
-        raise  # names the file already, and deleting it would not help
+    except PermissionError as exc:
+        raise InputError(f"checkpoint {path} cannot be read ({exc.strerror}); fix its permissions.") from exc
     except pickle.UnpicklingError as exc:
         # ``from None``: torch's message for a refused file suggests loading it with weights_only=False.
         found = re.search(r"GLOBAL ([\w.]+)", str(exc))
