@@ -28,6 +28,7 @@ from portfolio_layers.backtest.strategies import (
     Strategy,
 )
 from portfolio_layers.errors import ConfigError
+from portfolio_layers.models.e2edro import DROPortfolio
 from portfolio_layers.models.strategy import E2EPortfolio
 
 
@@ -66,7 +67,10 @@ def _learned(encoder: str, loss: str) -> Entry:
 
 #: Every strategy name, classical first. ``e2e``: the DEQ encoder trained end to end on the negative Sharpe
 #: ratio net of costs; ``e2e_mlp``/``e2e_lstm``: the same with the explicit baseline encoders; ``pto``: the
-#: same network trained on the MSE of its forecasts, then the same QP (predict-then-optimize).
+#: same network trained on the MSE of its forecasts, then the same QP (predict-then-optimize). The E2E-DRO
+#: family (:class:`~portfolio_layers.models.e2edro.DROPortfolio`, needs features): ``pto_nominal``
+#: (least-squares predictions into the nominal layer), ``e2e_nominal`` and ``e2e_dro`` (Hellinger robust
+#: layer), trained end to end.
 STRATEGIES: Mapping[str, Entry] = MappingProxyType(
     {
         "equal_weight": Entry(EqualWeight),
@@ -77,6 +81,9 @@ STRATEGIES: Mapping[str, Entry] = MappingProxyType(
         "e2e_mlp": _learned("mlp", "sharpe"),
         "e2e_lstm": _learned("lstm", "sharpe"),
         "pto": _learned("deq", "mse"),
+        "pto_nominal": Entry(DROPortfolio, MappingProxyType({"layer": "nominal", "end_to_end": False})),
+        "e2e_nominal": Entry(DROPortfolio, MappingProxyType({"layer": "nominal", "end_to_end": True})),
+        "e2e_dro": Entry(DROPortfolio, MappingProxyType({"layer": "hellinger", "end_to_end": True})),
     }
 )
 
