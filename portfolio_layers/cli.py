@@ -1,4 +1,4 @@
-"""Command line: ``portfolio-layers backtest ...`` and ``portfolio-layers data download ...``.
+"""Command line: ``portfolio-layers backtest ...``, ``study ...`` and ``data download ...``.
 
 Errors end with a one-paragraph message on stderr and a non-zero exit status (2 for bad input or
 configuration, 1 for anything else, 130 on Ctrl-C); progress bars go to stderr, the metrics table to stdout.
@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pandas as pd
+
+from portfolio_layers.study.cli import add_study_parser, run_study_command
 
 if TYPE_CHECKING:
     from portfolio_layers.backtest.config import BacktestConfig
@@ -78,6 +80,13 @@ def _parser() -> argparse.ArgumentParser:
         "--prices",
         help=f"embedded dataset name or CSV path (default: {d.prices}); another source than the config's "
         "drops the config's start, end, trade start, cap and periods per year (they describe its data)",
+    )
+    bt.add_argument(
+        "--features",
+        help="CSV of exogenous market-level features (first column dates, one column per feature), given to "
+        "every strategy beside the prices; a decision on date t sees the latest feature row dated on or "
+        "before t. A relative path is read from the current folder; 'none' drops the config's "
+        "(default: none)",
     )
     bt.add_argument(
         "--strategies",
@@ -146,6 +155,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     bt.add_argument("--quiet", action="store_true", help="no progress bars")
 
+    add_study_parser(sub)
+
     data = sub.add_parser("data", help="market data", description="Market data commands.")
     dsub = data.add_subparsers(dest="data_command", required=True)
     dl = dsub.add_parser(
@@ -192,6 +203,9 @@ def _resolve_config(args: argparse.Namespace) -> tuple[BacktestConfig, dict[str,
                 file=sys.stderr,
             )
         config = config.with_prices(args.prices)
+    if args.features is not None:
+        features = None if args.features.lower() == "none" else args.features
+        config = dataclasses.replace(config, features=features)
     changes = {
         "lookback": args.lookback,
         "rebalance": args.rebalance,
@@ -249,9 +263,13 @@ def _format_table(frame: pd.DataFrame) -> str:
 
 
 def _header(
-    config: BacktestConfig, origins: dict[str, str], prices: pd.DataFrame, result: BacktestResult
+    config: BacktestConfig,
+    origins: dict[str, str],
+    prices: pd.DataFrame,
+    result: BacktestResult,
+    features: pd.DataFrame | None = None,
 ) -> str:
-    """The run header: data, dates, cap and frequency used, and where each setting came from."""
+    """The run header: data, dates, cap, frequency and features used, and where each setting came from."""
     from portfolio_layers.data.frequency import describe_frequency
 
     def origin(key: str, value: object) -> str:
@@ -277,23 +295,30 @@ def _header(
         if config.periods_per_year is None
         else f"set by {origins['periods_per_year']}"
     )
-    return "\n".join(
-        [
-            f"{config.prices}: {prices.shape[1]} assets, prices {prices.index[0].date()} to "
-            f"{prices.index[-1].date()} ({'; '.join(kept) or 'all the dates of the data'})",
-            f"trading from {result.turnover.index[0].date()} ({trade}): {len(r)} net returns "
-            f"{r.index[0].date()} to {r.index[-1].date()}, {len(result.turnover)} rebalances, lookback "
-            f"{config.lookback}, rebalance {config.rebalance}, costs {config.cost_bps:g} bps",
-            f"cap: {cap}",
-            f"frequency: {frequency}, {how}",
-        ]
-    )
+    lines = [
+        f"{config.prices}: {prices.shape[1]} assets, prices {prices.index[0].date()} to "
+        f"{prices.index[-1].date()} ({'; '.join(kept) or 'all the dates of the data'})",
+        f"trading from {result.turnover.index[0].date()} ({trade}): {len(r)} net returns "
+        f"{r.index[0].date()} to {r.index[-1].date()}, {len(result.turnover)} rebalances, lookback "
+        f"{config.lookback}, rebalance {config.rebalance}, costs {config.cost_bps:g} bps",
+        f"cap: {cap}",
+        f"frequency: {frequency}, {how}",
+    ]
+    if features is not None:
+        names = ", ".join(features.columns)
+        lines.append(
+            f"features: {config.features}, {features.shape[1]} column(s) ({names}), {len(features)} rows "
+            f"{features.index[0].date()} to {features.index[-1].date()}; a decision on date t uses the "
+            "latest row dated on or before t"
+        )
+    return "\n".join(lines)
 
 
 def _backtest(args: argparse.Namespace) -> int:
     from portfolio_layers.backtest.engine import prepare_prices, run_backtest
     from portfolio_layers.backtest.metrics import DEFAULT_BLOCK_LENGTH, DEFAULT_N_BOOT
     from portfolio_layers.backtest.output import check_out_dir, save_result
+    from portfolio_layers.data.exogenous import load_features
     from portfolio_layers.data.loaders import load_prices
     from portfolio_layers.registry import build_strategies, strategy_parameters
 
@@ -307,10 +332,12 @@ def _backtest(args: argparse.Namespace) -> int:
     out = check_out_dir(args.out, args.overwrite) if args.out is not None else _default_out()
     prices = load_prices(config.prices, missing=config.missing)
     used, periods = prepare_prices(prices, config)
+    features = None if config.features is None else load_features(config.features)  # checked early
     strategies = build_strategies(config, periods)
+    # The engine reads config.features itself, so that its coverage errors name the file.
     result = run_backtest(prices, strategies, config, progress=not args.quiet)
     save_result(result, out, overwrite=args.overwrite)
-    print(_header(config, origins, used, result))
+    print(_header(config, origins, used, result, features))
     print(_format_table(result.metrics))
     if config.benchmark is not None and result.returns.shape[1] > 1:
         print(
@@ -359,6 +386,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "backtest":
             return _backtest(args)
+        if args.command == "study":
+            return run_study_command(args)
         return _download(args)
     except KeyboardInterrupt:
         print("interrupted; no file or run folder was left half-written.", file=sys.stderr)

@@ -315,3 +315,63 @@ def test_data_download_offline_message(tmp_path, monkeypatch, capsys):
     )
     err = " ".join(capsys.readouterr().err.split())
     assert code == 2 and "not cached" in err and "sp500" in err and "Traceback" not in err
+
+
+def _weekly_features(path, start="2020-06-05", end="2022-12-30") -> None:
+    index = pd.date_range(start, end, freq="W-FRI")
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(rng.normal(size=(len(index), 2)), index=index, columns=["mkt", "rate"])
+    frame.to_csv(path, index_label="date")
+
+
+def test_features_are_named_in_the_header_and_recorded(tmp_path, capsys):
+    features = tmp_path / "factors.csv"
+    _weekly_features(features)
+    base = ["backtest", *SMALL, "--strategies", "equal_weight,inverse_volatility"]
+    assert main([*base, "--out", str(tmp_path / "plain")]) == 0
+    plain = capsys.readouterr().out
+    assert "features:" not in plain
+    code = main([*base, "--features", str(features), "--out", str(tmp_path / "run")])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert f"features: {features}, 2 column(s) (mkt, rate)" in captured.out
+    assert "latest row dated on or before t" in captured.out
+    # Classical strategies ignore the features: the same table.
+    table = plain[plain.index("annual_return") :]
+    assert captured.out[captured.out.index("annual_return") :] == table
+    config = (tmp_path / "run" / "config.toml").read_text()
+    assert f"features = {json.dumps(str(features))}" in config
+    # --features none drops the features of a config file.
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'features = {json.dumps(str(features))}\nstrategies = ["equal_weight"]\n')
+    code = main(
+        ["backtest", "--config", str(cfg), *SMALL, "--features", "none", "--out", str(tmp_path / "n")]
+    )
+    assert code == 0 and "features:" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        (None, "not found"),
+        ("date,mkt\n2020-01-03,1\n2020-01-10,x\n", "column 'mkt' holds non-numeric values"),
+        ("date,mkt,mkt\n2020-01-03,1,2\n", "['mkt'] appear more than once"),
+        (
+            "date,mkt\n2020-01-03,1\n2020-01-10,\n2020-01-17,2\n",
+            "'mkt' has 1 missing value(s), the first on 2020-01-10",
+        ),
+        ("date,mkt\n2023-01-06,1\n2023-01-13,2\n", "has no feature row dated on or before it"),
+    ],
+    ids=["missing", "non-numeric", "duplicate-column", "nan-hole", "no-overlap"],
+)
+def test_bad_feature_files_are_exit_2_naming_the_file(tmp_path, capsys, text, match):
+    path = tmp_path / "feat.csv"
+    if text is not None:
+        path.write_text(text, encoding="utf-8")
+    args = ["backtest", *SMALL, "--strategies", "equal_weight", "--features", str(path)]
+    code = main([*args, "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    message = " ".join(err[err.index("error: ") :].split())
+    assert match in message and "feat.csv" in message
+    assert not (tmp_path / "x" / "metrics.json").exists()

@@ -16,7 +16,8 @@ Example ``backtests/configs/default.toml``::
 
 ``start``, ``end``, ``trade_start``, ``max_weight`` and ``periods_per_year`` describe the data of ``prices``
 (:data:`DATA_KEYS`): :meth:`BacktestConfig.with_prices` resets them when another source is chosen, so the
-dates and the cap of the embedded dataset are never applied to a user's CSV.
+dates and the cap of the embedded dataset are never applied to a user's CSV. ``features = "factors.csv"``
+adds exogenous features (a path read from the current folder); another price source keeps them.
 """
 
 from __future__ import annotations
@@ -51,6 +52,11 @@ class BacktestConfig:
     ----------
     prices : str
         Embedded dataset name (``"sp500"``) or CSV path.
+    features : str or None
+        Path of a CSV file of exogenous market-level features (first column dates, one column per feature;
+        see :mod:`portfolio_layers.data.exogenous`), given to every strategy beside the prices; None for
+        none. A relative path is read from the current folder, like ``prices`` (not from the config file's
+        folder): run from the project root.
     start, end : str or None
         Keep price rows with ``start <= date <= end`` (row 0 is the first kept row).
     trade_start : str or None
@@ -89,6 +95,7 @@ class BacktestConfig:
     """
 
     prices: str = "sp500"
+    features: str | None = None
     start: str | None = None
     end: str | None = None
     trade_start: str | None = None
@@ -149,6 +156,13 @@ class BacktestConfig:
             raise ConfigError(f"config key 'missing' must be one of {MISSING}, got {self.missing!r}.")
         if not isinstance(self.prices, str) or not self.prices:
             raise ConfigError(f"config key 'prices' must be a dataset name or CSV path, got {self.prices!r}.")
+        if isinstance(self.features, os.PathLike):
+            set_(self, "features", os.fspath(self.features))
+        if self.features is not None and (not isinstance(self.features, str) or not self.features):
+            raise ConfigError(
+                f"config key 'features' must be the path of a CSV file of features, got {self.features!r}; "
+                "leave it out for none."
+            )
         for name in ("start", "end", "trade_start"):
             value = getattr(self, name)
             if isinstance(value, _dt.date):

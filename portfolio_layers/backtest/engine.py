@@ -12,12 +12,19 @@ Protocol, for price rows ``0 .. T-1`` with simple returns ``R[s] = p[s] / p[s-1]
    ``h[s,i] = h[s-1,i] (1 + R[s,i]) / (1 + r[s])`` until the next rebalance.
 
 Strategies only ever receive ``prices.iloc[view]`` or ``prices.iloc[train]``, slices that end at row t.
+With exogenous features (``run_backtest(..., features=...)`` or ``config.features``), the engine aligns them
+once to the price dates from the past only (:func:`~portfolio_layers.data.exogenous.align_features`: row t
+holds the latest feature row dated on or before date t), checks that they cover the decisions
+(:func:`~portfolio_layers.data.exogenous.check_coverage`), and hands every strategy the same rows as its
+prices: ``fit(prices.iloc[train], features=F.iloc[train])``, ``weights(prices.iloc[view], h, features=
+F.iloc[view])``. Without features the calls are ``fit(prices)`` and ``weights(prices, h)``.
 Metrics and Sharpe tests annualise with the periods per year of the prices used (:func:`prepare_prices`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -32,6 +39,7 @@ from portfolio_layers.backtest.metrics import METRIC_NAMES, compute_metrics
 from portfolio_layers.backtest.result import BacktestResult
 from portfolio_layers.backtest.splits import Step, walk_forward
 from portfolio_layers.backtest.strategies import Strategy
+from portfolio_layers.data.exogenous import align_features, check_coverage, load_features
 from portfolio_layers.data.frequency import resolve_periods_per_year
 from portfolio_layers.data.loaders import slice_dates
 from portfolio_layers.data.validation import validate_prices
@@ -60,15 +68,15 @@ def _check_weights(w: Any, n: int, name: str, date: pd.Timestamp) -> np.ndarray:
     return w / w.sum()
 
 
-def _call(strategy: Strategy, doing: str, date: pd.Timestamp, method: Any, *args: Any) -> Any:
-    """``method(*args)``, with the strategy and date added to any error it raises.
+def _call(strategy: Strategy, doing: str, date: pd.Timestamp, method: Any, *args: Any, **kwargs: Any) -> Any:
+    """``method(*args, **kwargs)``, with the strategy and date added to any error it raises.
 
     Our own errors keep their type and get a note; anything else (a numerical failure inside a model, a bug)
     becomes a :class:`StrategyError` whose message names the strategy, the step and the date.
     """
     where = f"strategy {strategy.name!r} failed while {doing} {date:%Y-%m-%d}"
     try:
-        return method(*args)
+        return method(*args, **kwargs)
     except PortfolioLayersError as exc:
         exc.add_note(f"({where}.)")
         raise
@@ -88,10 +96,13 @@ def _simulate(
     steps: list[Step],
     cost_bps: float,
     progress: bool,
+    features: pd.DataFrame | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Run one strategy through the schedule.
 
-    Returns gross and net returns (T,) (NaN before row L+1), weights (K, n) and turnover (K,).
+    ``features`` (T, d), aligned with ``prices``, are sliced like them and passed as ``features=``; without
+    them the strategy is called with prices only. Returns gross and net returns (T,) (NaN before row L+1),
+    weights (K, n) and turnover (K,).
     """
     T, n = R.shape
     gross = np.full(T, np.nan)
@@ -101,9 +112,21 @@ def _simulate(
     bar = tqdm(steps, desc=strategy.name, unit="rebalance", disable=not progress, file=sys.stderr, leave=True)
     for i, step in enumerate(bar):
         date = prices.index[step.t]
+        view_kw = {} if features is None else {"features": features.iloc[step.view]}
         if step.train is not None:
-            _call(strategy, "fitting on the prices up to", date, strategy.fit, prices.iloc[step.train])
-        w = _call(strategy, "choosing weights on", date, strategy.weights, prices.iloc[step.view], h.copy())
+            fit_kw = {} if features is None else {"features": features.iloc[step.train]}
+            _call(
+                strategy, "fitting on the prices up to", date, strategy.fit, prices.iloc[step.train], **fit_kw
+            )
+        w = _call(
+            strategy,
+            "choosing weights on",
+            date,
+            strategy.weights,
+            prices.iloc[step.view],
+            h.copy(),
+            **view_kw,
+        )
         w = _check_weights(w, n, strategy.name, date)
         W[i], tau[i] = w, np.abs(w - h).sum()
         h = w.copy()
@@ -130,6 +153,16 @@ def _first_row(index: pd.DatetimeIndex, trade_start: str | None) -> int | None:
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"trade_start={trade_start!r} is not a date; use the form 2015-01-31.") from exc
     return int(index.searchsorted(when, side="left"))
+
+
+def _aligned_features(
+    features: pd.DataFrame | str | os.PathLike[str], index: pd.DatetimeIndex, decisions: pd.DatetimeIndex
+) -> pd.DataFrame:
+    """Checked features aligned with the price dates ``index`` (T, d), covering the ``decisions``."""
+    label = "features" if isinstance(features, pd.DataFrame) else f"feature file {os.fspath(features)}"
+    table = load_features(features)
+    check_coverage(table, decisions[0], decisions[-1], label)
+    return align_features(table, index)
 
 
 def prepare_prices(prices: pd.DataFrame, config: BacktestConfig) -> tuple[pd.DataFrame, int | float]:
@@ -168,6 +201,7 @@ def run_backtest(
     prices: pd.DataFrame,
     strategies: Sequence[Strategy],
     config: BacktestConfig | None = None,
+    features: pd.DataFrame | str | os.PathLike[str] | None = None,
     *,
     progress: bool = False,
 ) -> BacktestResult:
@@ -184,15 +218,28 @@ def run_backtest(
     config : BacktestConfig, optional
         Protocol parameters; default ``BacktestConfig()``. The result's config lists the strategies
         actually run (:meth:`BacktestConfig.with_strategies`).
+    features : DataFrame of shape (T_f, d), str or path-like, optional
+        Exogenous market-level features (dates as index, one column per feature) or the path of their CSV
+        file (:func:`~portfolio_layers.data.exogenous.load_features`); default ``config.features`` (None:
+        no features). They are aligned to the price dates from the past only, must cover the decisions
+        (a feature row dated on or before the first rebalance date, none missing until the last) and are
+        passed to every strategy, sliced like the prices (see the module docstring).
     progress : bool
         Show one progress bar per strategy on stderr.
 
     Returns
     -------
     BacktestResult
+
+    Raises
+    ------
+    DataError
+        Bad prices or features, or features that do not cover the decisions.
     """
     config = config or BacktestConfig()
     prices, periods = prepare_prices(prices, config)
+    if features is None:
+        features = config.features
     strategies = list(strategies)
     for item in strategies:
         if not isinstance(item, Strategy):
@@ -217,12 +264,13 @@ def run_backtest(
         first_row=_first_row(prices.index, config.trade_start),
     )
     dates = prices.index[[s.t for s in steps]]
+    aligned = None if features is None else _aligned_features(features, prices.index, dates)
     t0 = steps[0].t
     held = prices.index[t0 + 1 :]
     returns, gross_returns, turnover, weights, metrics, diagnostics, seconds = {}, {}, {}, {}, {}, {}, {}
     for strategy in strategies:
         tic = time.perf_counter()
-        gross, net, W, tau = _simulate(strategy, prices, R, steps, config.cost_bps, progress)
+        gross, net, W, tau = _simulate(strategy, prices, R, steps, config.cost_bps, progress, aligned)
         seconds[strategy.name] = time.perf_counter() - tic
         logger.info("%s: %d rebalances in %.1fs", strategy.name, len(steps), seconds[strategy.name])
         returns[strategy.name] = net[t0 + 1 :]

@@ -3,11 +3,17 @@
 A strategy is any object with
 
 - ``name: str``;
-- ``fit(prices) -> None``: called by the engine on the training window (price rows ending at the rebalance
-  row) when a re-training is due; classical strategies do nothing;
-- ``weights(prices, current) -> ndarray (n,)``: target weights from the price rows ``t-L .. t``; ``current``
-  are the drifted weights just before the trade (zeros before the first one);
+- ``fit(prices, features=None) -> None``: called by the engine on the training window (price rows ending at
+  the rebalance row) when a re-training is due; classical strategies do nothing;
+- ``weights(prices, current, features=None) -> ndarray (n,)``: target weights from the price rows
+  ``t-L .. t``; ``current`` are the drifted weights just before the trade (zeros before the first one);
 - optionally ``diagnostics() -> dict[str, DataFrame]`` (for example training curves), read after the run.
+
+``features`` are exogenous, market-level features (:mod:`portfolio_layers.data.exogenous`), aligned with the
+prices from the past only and sliced exactly like them (same rows, same dates); rows dated before the first
+feature date are NaN. A run with features passes them to every strategy (keyword ``features``); a run
+without calls ``fit(prices)`` and ``weights(prices, current)``, so a strategy written for prices only keeps
+working there. The classical strategies accept and ignore them.
 
 :func:`portfolio_layers.registry.make_strategy` builds one from its name. The classical strategies solve
 their QP with cvxpy + Clarabel (``solver="clarabel"``) or the package's QP layer (``solver="qp"``,
@@ -33,9 +39,11 @@ class Strategy(Protocol):
 
     name: str
 
-    def fit(self, prices: pd.DataFrame) -> None: ...
+    def fit(self, prices: pd.DataFrame, features: pd.DataFrame | None = None) -> None: ...
 
-    def weights(self, prices: pd.DataFrame, current: np.ndarray) -> np.ndarray: ...
+    def weights(
+        self, prices: pd.DataFrame, current: np.ndarray, features: pd.DataFrame | None = None
+    ) -> np.ndarray: ...
 
 
 def _check_cap(max_weight: float | None, n: int | None = None) -> None:
@@ -171,8 +179,8 @@ class _Classical:
 
     name = "classical"
 
-    def fit(self, prices: pd.DataFrame) -> None:
-        """Classical strategies do not learn; kept for the engine's uniform loop."""
+    def fit(self, prices: pd.DataFrame, features: pd.DataFrame | None = None) -> None:
+        """Classical strategies do not learn (and ignore ``features``); kept for the engine's uniform loop."""
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
@@ -188,7 +196,9 @@ class EqualWeight(_Classical):
         _check_cap(max_weight)
         self.max_weight = max_weight
 
-    def weights(self, prices: pd.DataFrame, current: np.ndarray) -> np.ndarray:
+    def weights(
+        self, prices: pd.DataFrame, current: np.ndarray, features: pd.DataFrame | None = None
+    ) -> np.ndarray:
         n = prices.shape[1]
         _check_cap(self.max_weight, n)
         return np.full(n, 1.0 / n)
@@ -203,7 +213,9 @@ class InverseVolatility(_Classical):
         _check_cap(max_weight)
         self.max_weight = max_weight
 
-    def weights(self, prices: pd.DataFrame, current: np.ndarray) -> np.ndarray:
+    def weights(
+        self, prices: pd.DataFrame, current: np.ndarray, features: pd.DataFrame | None = None
+    ) -> np.ndarray:
         vol = _returns(prices).std(axis=0, ddof=1)
         if (vol <= 0).any():
             col = prices.columns[int(np.argmax(vol <= 0))]
@@ -223,7 +235,9 @@ class MinVariance(_Classical):
             raise ConfigError(f"solver={solver!r} is not available; use one of {SOLVERS}.")
         self.max_weight, self.solver = max_weight, solver
 
-    def weights(self, prices: pd.DataFrame, current: np.ndarray) -> np.ndarray:
+    def weights(
+        self, prices: pd.DataFrame, current: np.ndarray, features: pd.DataFrame | None = None
+    ) -> np.ndarray:
         R = _returns(prices)
         cov = np.atleast_2d(np.cov(R, rowvar=False, ddof=1))
         return solve_long_only_qp(cov, np.zeros(R.shape[1]), self.max_weight, self.solver)
@@ -251,7 +265,9 @@ class MeanVariance(_Classical):
             raise ConfigError(f"solver={solver!r} is not available; use one of {SOLVERS}.")
         self.risk_aversion, self.max_weight, self.solver = float(risk_aversion), max_weight, solver
 
-    def weights(self, prices: pd.DataFrame, current: np.ndarray) -> np.ndarray:
+    def weights(
+        self, prices: pd.DataFrame, current: np.ndarray, features: pd.DataFrame | None = None
+    ) -> np.ndarray:
         R = _returns(prices)
         cov = np.atleast_2d(np.cov(R, rowvar=False, ddof=1))
         return solve_long_only_qp(self.risk_aversion * cov, R.mean(axis=0), self.max_weight, self.solver)

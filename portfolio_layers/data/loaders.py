@@ -24,8 +24,11 @@ EMBEDDED_DATASETS: dict[str, str] = {
 }
 
 
-def _read_csv(path: Path | str, source: str) -> pd.DataFrame:
+def _read_csv(path: Path | str, source: str, column: str = "asset") -> pd.DataFrame:
     """The table of a CSV file, first column as index; a DataError for undecodable text or duplicate names.
+
+    ``column`` names what a column holds in the messages (``"asset"``, or ``"feature"`` for
+    :func:`~portfolio_layers.data.exogenous.load_features`).
 
     pandas silently renames a repeated column name (``A``, ``A.1``), so the header row is read first, as text.
     """
@@ -46,12 +49,12 @@ def _read_csv(path: Path | str, source: str) -> pd.DataFrame:
     repeated = sorted(set(names[names.duplicated()]))
     if repeated:
         raise DataError(
-            f"{source}: column name(s) {repeated} appear more than once in the header; every asset needs its "
-            "own name: rename or remove the repeated columns."
+            f"{source}: column name(s) {repeated} appear more than once in the header; every {column} "
+            "needs its own name: rename or remove the repeated columns."
         )
     if frame.shape[1] == 0:
         raise DataError(
-            f"{source}: the CSV file has no asset column (first column dates, one column per asset)."
+            f"{source}: the CSV file has no {column} column (first column dates, one column per {column})."
         )
     return frame
 

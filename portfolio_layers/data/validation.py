@@ -33,6 +33,59 @@ def _date(index: pd.Index, pos: int) -> str:
     return value.date().isoformat() if isinstance(value, pd.Timestamp) else str(value)
 
 
+def validate_dates(index: pd.Index, source: str = "data") -> pd.DatetimeIndex:
+    """The index of a date-indexed table as a DatetimeIndex: dates, unique and increasing.
+
+    Shared by :func:`validate_prices` and :func:`~portfolio_layers.data.exogenous.load_features`.
+
+    Parameters
+    ----------
+    index : Index of length T
+        Dates, or values parseable as dates (the first column of a CSV file).
+    source : str
+        Name of the data source, used in error messages.
+
+    Raises
+    ------
+    DataError
+        Numbers (row numbers) instead of dates, unparseable or missing dates, timestamps less than a second
+        apart, a repeated date, dates out of order; each names the date and the fix.
+    """
+    if pd.api.types.is_numeric_dtype(index.dtype) or pd.api.types.is_bool_dtype(index.dtype):
+        raise DataError(
+            f"{source}: the index (first column of a CSV) holds numbers ({_first_values(index)}), not "
+            f"dates{_ROW_NUMBER_HINT}"
+        )
+    if not isinstance(index, pd.DatetimeIndex):
+        try:
+            with warnings.catch_warnings():  # pandas warns when it must guess the format; errors still raise
+                warnings.simplefilter("ignore", UserWarning)
+                index = pd.to_datetime(index)
+        except (ValueError, TypeError) as exc:
+            raise DataError(
+                f"{source}: the index (first column of a CSV) must hold dates; could not parse it ({exc})."
+            ) from exc
+    if index.hasnans:
+        raise DataError(f"{source}: the date index has missing dates; every row needs a date.")
+    if len(index) > 1 and index.max() - index.min() < pd.Timedelta(seconds=1):
+        raise DataError(
+            f"{source}: the dates ({_first_values(index)}) are less than a second apart: numbers "
+            f"read as timestamps{_ROW_NUMBER_HINT}"
+        )
+    dup_mask = index.duplicated()
+    if dup_mask.any():
+        raise DataError(f"{source}: date {_date(index, int(np.argmax(dup_mask)))} appears more than once.")
+    steps = np.diff(index.asi8)
+    if (steps < 0).any():
+        pos = int(np.argmax(steps < 0)) + 1
+        raise DataError(
+            f"{source}: dates are not sorted: {_date(index, pos)} comes after "
+            f"{_date(index, pos - 1)}; "
+            "sort the rows by date (frame.sort_index() in pandas)."
+        )
+    return pd.DatetimeIndex(index)
+
+
 def validate_prices(
     prices: pd.DataFrame,
     *,
@@ -78,40 +131,7 @@ def validate_prices(
     if len(set(out.columns)) != len(out.columns):
         dup = out.columns[out.columns.duplicated()][0]
         raise DataError(f"{source}: column {dup!r} appears more than once; asset names must be unique.")
-    if pd.api.types.is_numeric_dtype(out.index.dtype) or pd.api.types.is_bool_dtype(out.index.dtype):
-        raise DataError(
-            f"{source}: the index (first column of a CSV) holds numbers ({_first_values(out.index)}), not "
-            f"dates{_ROW_NUMBER_HINT}"
-        )
-    if not isinstance(out.index, pd.DatetimeIndex):
-        try:
-            with warnings.catch_warnings():  # pandas warns when it must guess the format; errors still raise
-                warnings.simplefilter("ignore", UserWarning)
-                out.index = pd.to_datetime(out.index)
-        except (ValueError, TypeError) as exc:
-            raise DataError(
-                f"{source}: the index (first column of a CSV) must hold dates; could not parse it ({exc})."
-            ) from exc
-    if out.index.hasnans:
-        raise DataError(f"{source}: the date index has missing dates; every row needs a date.")
-    if len(out.index) > 1 and out.index.max() - out.index.min() < pd.Timedelta(seconds=1):
-        raise DataError(
-            f"{source}: the dates ({_first_values(out.index)}) are less than a second apart: numbers "
-            f"read as timestamps{_ROW_NUMBER_HINT}"
-        )
-    dup_mask = out.index.duplicated()
-    if dup_mask.any():
-        raise DataError(
-            f"{source}: date {_date(out.index, int(np.argmax(dup_mask)))} appears more than once."
-        )
-    steps = np.diff(out.index.asi8)
-    if (steps < 0).any():
-        pos = int(np.argmax(steps < 0)) + 1
-        raise DataError(
-            f"{source}: dates are not sorted: {_date(out.index, pos)} comes after "
-            f"{_date(out.index, pos - 1)}; "
-            "sort the rows by date (prices.sort_index())."
-        )
+    out.index = validate_dates(out.index, source)
     for col in out.columns:
         try:
             out[col] = pd.to_numeric(out[col], errors="raise").astype("float64")
@@ -169,4 +189,4 @@ def validate_prices(
     return out
 
 
-__all__ = ["MISSING_OPTIONS", "validate_prices"]
+__all__ = ["MISSING_OPTIONS", "validate_dates", "validate_prices"]

@@ -307,3 +307,124 @@ def test_sharpe_tests_report_ledoit_wolf_beside_jobson_korkie():
     short = run_backtest(p.iloc[:28], build_strategies(cfg), cfg).sharpe_tests().loc["min_variance"]
     assert np.isfinite(short["p_value"]) and np.isnan(short["p_value_lw"])
     assert short["lw_settings"].startswith("not computed: 7 paired returns, at least 10")
+
+
+# -- exogenous features --------------------------------------------------------------------------------
+
+
+class FeatureTilt:
+    """Tilts toward asset ``i`` by ``i * f``, ``f`` the sum of its last feature row; records its inputs."""
+
+    def __init__(self, name="tilt"):
+        self.name, self.calls = name, []
+
+    def fit(self, prices, features=None):
+        self.calls.append(("fit", prices.index.copy(), features))
+
+    def weights(self, prices, current, features=None):
+        self.calls.append(("weights", prices.index.copy(), features))
+        f = features.to_numpy()[-1].sum()
+        x = f * np.arange(prices.shape[1])
+        w = np.exp(x - x.max())
+        return w / w.sum()
+
+
+def _feature_market(rows=60, seed=0):
+    rng = np.random.default_rng(seed)
+    idx = pd.bdate_range("2021-01-04", periods=rows)
+    prices = pd.DataFrame(
+        np.exp(np.cumsum(rng.normal(0, 0.01, (rows, 3)), axis=0)), index=idx, columns=list("ABC")
+    )
+    weekly = pd.date_range("2020-12-25", idx[-1], freq="W-FRI")  # one row dated before the prices
+    features = pd.DataFrame(rng.normal(size=(len(weekly), 2)), index=weekly, columns=["mkt", "rate"])
+    return prices, features
+
+
+_FEATURE_CONFIG = {"lookback": 5, "rebalance": 3, "retrain_every": 6, "train_window": 8, "benchmark": None}
+
+
+def test_features_reach_every_strategy_sliced_like_the_prices():
+    prices, features = _feature_market()
+    cfg = BacktestConfig(strategies=("tilt", "equal_weight"), **_FEATURE_CONFIG)
+    tilt = FeatureTilt()
+    ew = build_strategies(BacktestConfig(strategies=("equal_weight",)))[0]
+    res = run_backtest(prices, [tilt, ew], cfg, features)
+    assert {kind for kind, _, _ in tilt.calls} == {"fit", "weights"}
+    for _, dates, seen in tilt.calls:
+        assert seen.index.equals(dates) and list(seen.columns) == ["mkt", "rate"]
+        for day, row in seen.iterrows():  # the latest feature row dated on or before each price date
+            np.testing.assert_array_equal(row.to_numpy(), features.loc[:day].iloc[-1].to_numpy())
+    # A classical strategy ignores them: the same weights as without features.
+    plain = run_backtest(prices, [ew], BacktestConfig(strategies=("equal_weight",), **_FEATURE_CONFIG))
+    pd.testing.assert_frame_equal(res.weights["equal_weight"], plain.weights["equal_weight"])
+    # Without features, a strategy written for prices only is called as before (no features keyword).
+    Scripted([[1 / 3] * 3] * 20).weights(prices, np.zeros(3))
+    run_backtest(
+        prices, [Scripted([[1 / 3] * 3] * 20)], BacktestConfig(strategies=("scripted",), **_FEATURE_CONFIG)
+    )
+
+
+def test_the_config_names_the_feature_file(tmp_path):
+    prices, features = _feature_market()
+    path = tmp_path / "factors.csv"
+    features.to_csv(path, index_label="date")
+    cfg = BacktestConfig(strategies=("tilt",), features=str(path), **_FEATURE_CONFIG)
+    from_config = run_backtest(prices, [FeatureTilt()], cfg)
+    given = run_backtest(
+        prices, [FeatureTilt()], BacktestConfig(strategies=("tilt",), **_FEATURE_CONFIG), features
+    )
+    np.testing.assert_allclose(from_config.weights["tilt"].to_numpy(), given.weights["tilt"].to_numpy())
+    assert BacktestConfig.from_toml(_written(tmp_path, cfg.to_toml())).features == str(path)
+
+
+def _written(tmp_path, text):
+    path = tmp_path / "config.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cut=st.integers(5, 58), seed=st.integers(0, 2**16))
+def test_changing_future_features_moves_nothing_before_them(cut, seed):
+    """Feature rows dated after date t are perturbed: weights and net returns up to t do not move."""
+    prices, features = _feature_market(seed=seed)
+    t = prices.index[cut]
+    perturbed = features.copy()
+    later = perturbed.index > t
+    perturbed.loc[later] += np.random.default_rng(seed + 1).normal(0, 5.0, (int(later.sum()), 2))
+    cfg = BacktestConfig(strategies=("tilt",), cost_bps=10.0, **_FEATURE_CONFIG)
+    a = run_backtest(prices, [FeatureTilt()], cfg, features)
+    b = run_backtest(prices, [FeatureTilt()], cfg, perturbed)
+    upto = a.weights["tilt"].index <= t
+    np.testing.assert_array_equal(a.weights["tilt"][upto].to_numpy(), b.weights["tilt"][upto].to_numpy())
+    early = a.returns.index <= t
+    np.testing.assert_array_equal(a.returns[early].to_numpy(), b.returns[early].to_numpy())
+    if later.any() and (a.weights["tilt"].index > features.index[later][0]).any():
+        assert not np.array_equal(a.weights["tilt"].to_numpy(), b.weights["tilt"].to_numpy())
+
+
+def test_features_that_do_not_cover_the_decisions_are_refused(tmp_path):
+    prices, features = _feature_market()
+    cfg = BacktestConfig(strategies=("tilt",), **_FEATURE_CONFIG)
+    first = prices.index[cfg.lookback]
+    late = features.loc[features.index > first]
+    with pytest.raises(DataError, match=f"first decision, on {first.date()}, has no feature row"):
+        run_backtest(prices, [FeatureTilt()], cfg, late)
+    no_overlap = features.copy()
+    no_overlap.index = no_overlap.index + pd.Timedelta(days=400)
+    with pytest.raises(DataError, match="has no feature row dated on or before it"):
+        run_backtest(prices, [FeatureTilt()], cfg, no_overlap)
+    with pytest.raises(DataError, match="extend the features or end the run earlier"):
+        run_backtest(prices, [FeatureTilt()], cfg, features.iloc[:4])
+    bad = tmp_path / "bad.csv"
+    bad.write_text("date,mkt\n2021-01-01,1\n2021-01-08,oops\n", encoding="utf-8")
+    with pytest.raises(DataError, match="bad.csv: column 'mkt' holds non-numeric"):
+        run_backtest(prices, [FeatureTilt()], cfg, bad)
+    with pytest.raises(DataError, match=r"feature file .*missing\.csv not found"):
+        run_backtest(
+            prices,
+            [FeatureTilt()],
+            BacktestConfig(
+                features=str(tmp_path / "missing.csv"), **{**_FEATURE_CONFIG, "strategies": ("tilt",)}
+            ),
+        )
