@@ -17,11 +17,13 @@ from portfolio_layers.qp.constraints import (
     weight_bounds,
     weight_cap,
 )
+from portfolio_layers.qp.factor import FactorCov
 from portfolio_layers.qp.layer import BACKENDS, QPLayer, solve_qp
 from portfolio_layers.qp.solution import QPSolution, Status
 
 __all__ = [
     "BACKENDS",
+    "FactorCov",
     "LinearConstraints",
     "QPLayer",
     "QPSolution",

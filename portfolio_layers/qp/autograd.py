@@ -26,8 +26,9 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from portfolio_layers.qp.factor import FactorCov
 from portfolio_layers.qp.ipm import InteriorPoint, IPMResult, IPMState
-from portfolio_layers.qp.kkt import AugmentedKKT, ReducedKKT, mtv, mv
+from portfolio_layers.qp.kkt import AugmentedKKT, LowRankKKT, ReducedKKT, mtv, mv
 from portfolio_layers.qp.problem import Bounds, QPData
 from portfolio_layers.qp.solution import Status
 
@@ -46,10 +47,12 @@ class Carrier:
 class IPMFunction(torch.autograd.Function):
     """``x = argmin 1/2 x'Px - q'x  s.t.  Ax = b, Gx <= h, lb <= x <= ub`` for flat batches.
 
-    ``apply(solver, carrier, warm, P, q, A, b, G, h, lb, ub)`` with ``P (B, n, n)`` symmetric,
-    ``q (B, n)``, ``A (B, p, n)``/``b (B, p)``, ``G (B, m, n)``/``h (B, m)`` or None, ``lb``/``ub``
-    ``(B, n)`` with infinities where unbounded. Returns ``x (B, n)``; the full :class:`IPMResult` is
-    stored in ``carrier.result``.
+    ``apply(solver, carrier, warm, P, F, d, q, A, b, G, h, lb, ub)`` with either ``P (B, n, n)``
+    symmetric (``F``, ``d`` None) or ``P`` None and the factor form ``P = F F' + diag(d)`` with
+    ``F (B, n, k)``, ``d (B, n)`` (gradients to ``F`` and ``d`` in ``O(n k)``, see
+    :meth:`~portfolio_layers.qp.factor.FactorCov.gradients`); ``q (B, n)``, ``A (B, p, n)``/``b (B, p)``,
+    ``G (B, m, n)``/``h (B, m)`` or None, ``lb``/``ub`` ``(B, n)`` with infinities where unbounded.
+    Returns ``x (B, n)``; the full :class:`IPMResult` is stored in ``carrier.result``.
     """
 
     @staticmethod
@@ -57,7 +60,9 @@ class IPMFunction(torch.autograd.Function):
         solver: InteriorPoint,
         carrier: Carrier,
         warm: IPMState | None,
-        P: Tensor,
+        P: Tensor | None,
+        F: Tensor | None,
+        d: Tensor | None,
         q: Tensor,
         A: Tensor | None,
         b: Tensor | None,
@@ -66,7 +71,8 @@ class IPMFunction(torch.autograd.Function):
         lb: Tensor,
         ub: Tensor,
     ) -> Tensor:
-        carrier.data = QPData(P, q, A, b, G, h, lb, ub, (P.shape[0],))
+        cost = FactorCov(F, d) if P is None else P
+        carrier.data = QPData(cost, q, A, b, G, h, lb, ub, (q.shape[0],))
         carrier.result = solver.solve(carrier.data, warm)
         return carrier.result.state.x.clone()
 
@@ -112,23 +118,28 @@ class IPMFunction(torch.autograd.Function):
         x = st.x
         need = ctx.needs_input_grad
         gP = _outer(-wx, x) if need[3] else None
-        gq = wx if need[4] else None
+        gF = gd = None
+        if need[4] or need[5]:
+            gF, gd = d.P.gradients(-wx, x)
+        gq = wx if need[6] else None
         gA = gb = gG = gh = None
         if d.A is not None:
             gA = (
                 -(st.y.unsqueeze(-1) * wx.unsqueeze(-2) + wy.unsqueeze(-1) * x.unsqueeze(-2))
-                if need[5]
-                else None
-            )
-            gb = wy if need[6] else None
-        if d.G is not None:
-            gG = (
-                -(st.lam.unsqueeze(-1) * wx.unsqueeze(-2) + wl.unsqueeze(-1) * x.unsqueeze(-2))
                 if need[7]
                 else None
             )
-            gh = wl if need[8] else None
-        return None, None, None, gP, gq, gA, gb, gG, gh, glb if need[9] else None, gub if need[10] else None
+            gb = wy if need[8] else None
+        if d.G is not None:
+            gG = (
+                -(st.lam.unsqueeze(-1) * wx.unsqueeze(-2) + wl.unsqueeze(-1) * x.unsqueeze(-2))
+                if need[9]
+                else None
+            )
+            gh = wl if need[10] else None
+        gF, gd = (gF if need[4] else None), (gd if need[5] else None)
+        gl, gu = glb if need[11] else None, gub if need[12] else None
+        return None, None, None, gP, gF, gd, gq, gA, gb, gG, gh, gl, gu
 
 
 def _put_multipliers(
@@ -150,7 +161,7 @@ def _put_multipliers(
 
 
 def _adjoint_ipm(
-    d: QPData, st: IPMState, K: ReducedKKT | AugmentedKKT, gx: Tensor
+    d: QPData, st: IPMState, K: ReducedKKT | AugmentedKKT | LowRankKKT, gx: Tensor
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     """Adjoint of the linearized KKT system at an interior-point iterate: ``wx``, ``glb``, ``gub``, ``nu``."""
     wx, nu = K.solve(gx)

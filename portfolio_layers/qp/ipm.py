@@ -19,15 +19,7 @@ import torch
 from torch import Tensor
 
 from portfolio_layers.errors import InputError
-from portfolio_layers.qp.kkt import (
-    AugmentedKKT,
-    ReducedKKT,
-    factor,
-    factor_augmented,
-    mtv,
-    mv,
-    reduced_matrix,
-)
+from portfolio_layers.qp.kkt import AugmentedKKT, LowRankKKT, ReducedKKT, factor_newton, factor_point, mtv, mv
 from portfolio_layers.qp.polish import Polished, guess_active, polish_corrected
 from portfolio_layers.qp.problem import BatchRecord, Bounds, QPData, bound_error
 from portfolio_layers.qp.solution import Status
@@ -192,11 +184,7 @@ class InteriorPoint:
         """One predictor-corrector step; returns the new state and a factorization-failure mask."""
         fl, fu = bnd.has_lb.to(d.P.dtype), bnd.has_ub.to(d.P.dtype)
         dG = None if d.G is None else st.lam / st.s
-        k = d.P.shape[0]
-        if "H" not in ws:  # reused memory: fresh 5 MB buffers each iteration cost page faults
-            ws["H"], ws["L"] = torch.empty_like(d.P), torch.empty_like(d.P).mT  # L column-major, as LAPACK
-        H = reduced_matrix(d.P, d.G, dG, fl * st.zl / r.tl + fu * st.zu / r.tu, out=ws["H"][:k])
-        K = factor(H, d.A, self.shift, out=ws["L"][:k])
+        K = factor_newton(d.P, d.A, d.G, dG, fl * st.zl / r.tl + fu * st.zu / r.tu, self.shift, ws)
         aff = _direction(
             K, d, st, r, st.s * st.lam if d.G is not None else None, fl * r.tl * st.zl, fu * r.tu * st.zu
         )
@@ -230,18 +218,19 @@ class InteriorPoint:
             )
         return new, bad
 
-    def factor_at(self, data: QPData, state: IPMState) -> ReducedKKT | AugmentedKKT:
+    def factor_at(self, data: QPData, state: IPMState) -> ReducedKKT | AugmentedKKT | LowRankKKT:
         """The KKT factorization at ``state`` used by the implicit backward.
 
         Without general inequalities: the reduced Cholesky (with refinement). With
         them: an LDL' of the augmented system (see :class:`~portfolio_layers.qp.kkt.AugmentedKKT`).
+        With ``P`` in factor form: the capacitance factorization of the augmented system
+        (see :func:`~portfolio_layers.qp.kkt.factor_point`).
         """
         bnd, dt = Bounds.of(data), data.P.dtype
         tl, tu = bnd.slacks(state.x)
         d_x = bnd.has_lb.to(dt) * state.zl / tl + bnd.has_ub.to(dt) * state.zu / tu
-        if data.G is not None:
-            return factor_augmented(data.P, d_x, data.A, data.G, state.s / state.lam, self.shift)
-        return factor(reduced_matrix(data.P, None, None, d_x), data.A, self.shift, refine=True)
+        W = None if data.G is None else state.s / state.lam
+        return factor_point(data.P, d_x, data.A, data.G, W, self.shift)
 
 
 @dataclass(frozen=True)

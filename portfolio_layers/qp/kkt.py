@@ -39,14 +39,18 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from portfolio_layers.qp.factor import FactorCov
+from portfolio_layers.qp.lowrank import ActiveLowRankKKT, LowRankKKT, factor_active_lowrank, factor_lowrank
 from portfolio_layers.qp.problem import BatchRecord
 
 AUGMENT = 1.0
 """Weight ``rho`` of the term ``rho C'C`` that :func:`factor_active` adds to ``H``."""
 
 
-def mv(M: Tensor, v: Tensor) -> Tensor:
-    """``M v`` for a batch: ``M (B, r, n)``, ``v (B, n)`` -> ``(B, r)``."""
+def mv(M: Tensor | FactorCov, v: Tensor) -> Tensor:
+    """``M v`` for a batch: ``M (B, r, n)`` (or a :class:`FactorCov`), ``v (B, n)`` -> ``(B, r)``."""
+    if isinstance(M, FactorCov):
+        return M.mv(v)
     return (v.unsqueeze(-2) @ M.mT).squeeze(-2)  # faster than M @ v[..., None] on CPU
 
 
@@ -164,13 +168,14 @@ class ActiveKKT(BatchRecord):
 
 
 def factor_active(
-    P: Tensor, C: Tensor | None, free: Tensor, shift: float, pinned: Tensor | None = None
-) -> ActiveKKT:
+    P: Tensor | FactorCov, C: Tensor | None, free: Tensor, shift: float, pinned: Tensor | None = None
+) -> ActiveKKT | ActiveLowRankKKT:
     """Factor the KKT system of an active set (see :class:`ActiveKKT`), refined on every solve.
 
     Parameters
     ----------
-    P : Tensor of shape (B, n, n)
+    P : Tensor of shape (B, n, n) or FactorCov
+        A :class:`FactorCov` gives the low-rank :class:`~portfolio_layers.qp.lowrank.ActiveLowRankKKT`.
     C : Tensor of shape (B, p + m, n) or None
         Constraint rows held as equalities: ``A``, then ``G`` with its inactive rows zeroed.
     free : Tensor of shape (B, n), dtype bool
@@ -180,6 +185,8 @@ def factor_active(
     pinned : Tensor of shape (B, m), dtype bool, optional
         Inactive inequality rows (the last ``m`` rows of ``C``): their multiplier is pinned to 0.
     """
+    if isinstance(P, FactorCov):
+        return factor_active_lowrank(P, C, free, shift, pinned, AUGMENT)
     B, n = free.shape
     k = max(int(free.sum(-1).max()), 1)
     cols = torch.argsort((~free).to(torch.int8), dim=-1, stable=True)[:, :k]
@@ -271,6 +278,46 @@ def reduced_matrix(
         H = torch.baddbmm(P, G.mT, G * d_G.unsqueeze(-1), out=out)
     H.diagonal(dim1=-2, dim2=-1).add_(d_x)
     return H
+
+
+def factor_newton(
+    P: Tensor | FactorCov,
+    A: Tensor | None,
+    G: Tensor | None,
+    d_G: Tensor | None,
+    d_x: Tensor,
+    shift: float,
+    ws: dict[str, Tensor],
+) -> ReducedKKT | LowRankKKT:
+    """Factor an interior-point Newton system, ``H = P + G' diag(d_G) G + diag(d_x)`` with rows ``A``.
+
+    A dense ``P (B, n, n)`` gives a :class:`ReducedKKT` (``ws``: workspaces reused across
+    iterations, filled on the first call); a :class:`FactorCov` the capacitance factorization
+    :class:`~portfolio_layers.qp.lowrank.LowRankKKT` (``G`` kept as low-rank columns).
+    """
+    if isinstance(P, FactorCov):
+        return factor_lowrank(P, d_x, A, G, None if G is None else d_G.reciprocal(), shift, return_G=False)
+    k = P.shape[0]
+    if "H" not in ws:  # reused memory: fresh 5 MB buffers each iteration cost page faults
+        ws["H"], ws["L"] = torch.empty_like(P), torch.empty_like(P).mT  # L column-major, as LAPACK
+    H = reduced_matrix(P, G, d_G, d_x, out=ws["H"][:k])
+    return factor(H, A, shift, out=ws["L"][:k])
+
+
+def factor_point(
+    P: Tensor | FactorCov, d_x: Tensor, A: Tensor | None, G: Tensor | None, W: Tensor | None, shift: float
+) -> ReducedKKT | AugmentedKKT | LowRankKKT:
+    """Factor the backward's KKT system at an interior-point solution (``W = s / lam (B, m)`` or None).
+
+    Dense: without general inequalities the reduced Cholesky with refinement, with them the LDL'
+    of :class:`AugmentedKKT`. A :class:`FactorCov`: the same augmented system by its capacitance
+    matrix (:class:`~portfolio_layers.qp.lowrank.LowRankKKT`, multipliers of ``[A; G]``).
+    """
+    if isinstance(P, FactorCov):
+        return factor_lowrank(P, d_x, A, G, W, shift, return_G=True)
+    if G is not None:
+        return factor_augmented(P, d_x, A, G, W, shift)
+    return factor(reduced_matrix(P, None, None, d_x), A, shift, refine=True)
 
 
 @dataclass(frozen=True)

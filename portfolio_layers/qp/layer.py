@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from portfolio_layers.errors import ConfigError, NotPSDError, ShapeError
 from portfolio_layers.qp.autograd import Carrier, IPMFunction
 from portfolio_layers.qp.constraints import LinearConstraints, lift
+from portfolio_layers.qp.factor import FactorCov, normalize
 from portfolio_layers.qp.ipm import InteriorPoint, IPMState, check_distinct_bounds, warm_state
 from portfolio_layers.qp.problem import (
     QPData,
@@ -52,8 +53,11 @@ def solve_qp(
 
     Parameters
     ----------
-    P : Tensor of shape (*batch, n, n)
-        Positive semidefinite cost matrix (symmetrized as ``(P + P') / 2``).
+    P : Tensor of shape (*batch, n, n) or FactorCov
+        Positive semidefinite cost matrix (symmetrized as ``(P + P') / 2``), or ``P = F F' + diag(d)``
+        in factor form (``F (*batch, n, k)``, ``d (*batch, n) > 0``): then no ``n x n`` matrix is
+        formed (``O(n (k + p + m)^2)`` per iteration, gradients to ``F`` and ``d``; the ``ipm``
+        backend only, the others get the dense ``P``).
     q : Tensor of shape (*batch, n)
         Linear term, entering with a minus sign (expected returns in the portfolio use).
     A : Tensor of shape (*batch, p, n), optional
@@ -108,6 +112,8 @@ def solve_qp(
 
         if warm_start is not None:
             raise ConfigError(f"warm_start is only supported by backend='ipm', not {backend!r}")
+        if isinstance(data.P, FactorCov):
+            data = QPData(data.P.dense(), *data.tensors()[1:], batch_shape=data.batch_shape)
         sol = backends.solve(backend, data, tol, max_iter)
     if throw:
         sol.raise_on_failure()
@@ -116,14 +122,19 @@ def solve_qp(
 
 def _solve_ipm(data: QPData, tol: float, max_iter: int, warm_start: QPSolution | Tensor | None) -> QPSolution:
     check_distinct_bounds(data)
-    with torch.no_grad():  # max|P| bounds max|(P + P') / 2|
-        c = torch.maximum(data.P.abs().amax((-2, -1)), data.q.abs().amax(-1))
-        c = c.clamp_min(torch.finfo(data.P.dtype).tiny ** 0.5)
-    Ps, qs = (data.P + data.P.mT) * (0.5 / c)[:, None, None], data.q / c[:, None]
-    check_psd(Ps.detach(), data.batch_shape)
-    scaled = QPData(Ps.detach(), qs.detach(), *data.tensors()[2:], batch_shape=data.batch_shape)
+    if isinstance(data.P, FactorCov):  # positive definite by construction (d > 0)
+        Fs, ds, qs, c = normalize(data.P, data.q)
+        cost, Pd = (None, Fs, ds), FactorCov(Fs.detach(), ds.detach())
+    else:
+        with torch.no_grad():  # max|P| bounds max|(P + P') / 2|
+            c = torch.maximum(data.P.abs().amax((-2, -1)), data.q.abs().amax(-1))
+            c = c.clamp_min(torch.finfo(data.P.dtype).tiny ** 0.5)
+        Ps, qs = (data.P + data.P.mT) * (0.5 / c)[:, None, None], data.q / c[:, None]
+        check_psd(Ps.detach(), data.batch_shape)
+        cost, Pd = (Ps, None, None), Ps.detach()
+    scaled = QPData(Pd, qs.detach(), *data.tensors()[2:], batch_shape=data.batch_shape)
     warm = _warm(scaled, warm_start, c)
-    f64 = Ps.dtype == torch.float64
+    f64 = qs.dtype == torch.float64
     solver = InteriorPoint(
         tol=tol,
         max_iter=max_iter,
@@ -132,7 +143,7 @@ def _solve_ipm(data: QPData, tol: float, max_iter: int, warm_start: QPSolution |
         polish_eps=1e-9 if f64 else 1e-5,
     )
     carrier = Carrier()
-    x = IPMFunction.apply(solver, carrier, warm, Ps, qs, *data.tensors()[2:])
+    x = IPMFunction.apply(solver, carrier, warm, *cost, qs, *data.tensors()[2:])
     res = carrier.result
     st: IPMState = res.state
     shape = data.batch_shape
@@ -238,7 +249,10 @@ class QPLayer(nn.Module):
     ``t >= |w - x0|``); the returned weights are the first ``n`` entries. The auxiliary variables get
     a ridge ``1e-9 * max|P|`` in the cost so that they are unique where their limit is not binding
     (otherwise the active-set polish and the backward face a singular system); this perturbs the
-    weights by about ``1e-9`` relative.
+    weights by about ``1e-9`` relative. With these limits a :class:`FactorCov` ``P`` is expanded to
+    the dense ``F F' + diag(d)``: the ``2n + 1`` rows per limit make each iteration ``O(n^3)``
+    anyway, and the nearly cost-free auxiliary variables leave the capacitance factorization of
+    :mod:`portfolio_layers.qp.lowrank` badly conditioned (its diagonal would be the ridge).
     """
 
     def __init__(
@@ -268,7 +282,7 @@ class QPLayer(nn.Module):
 
         Parameters
         ----------
-        P : Tensor of shape (*batch, n, n)
+        P : Tensor of shape (*batch, n, n) or FactorCov
             Sets the dtype and device; ``q`` and ``x0`` given as arrays or sequences are converted to them.
         q : Tensor of shape (*batch, n)
         x0 : Tensor of shape (*batch, n) or (n,), optional
@@ -287,6 +301,8 @@ class QPLayer(nn.Module):
             )
         dt = torch.promote_types(P.dtype, q.dtype)
         k = self.N - self.n
+        if k and isinstance(P, FactorCov):  # O(n) auxiliary rows: solved densely (see Notes)
+            P = P.dense()
         if k:  # auxiliary variables get a tiny ridge so that they are unique (see Notes)
             ridge = AUX_RIDGE * P.detach().abs().amax((-2, -1), keepdim=True).clamp_min(1e-300)
             eye = torch.cat([torch.zeros(self.n, dtype=dt), torch.ones(k, dtype=dt)]).to(P.device)

@@ -14,7 +14,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from portfolio_layers.errors import InfeasibleError, InputError, NonFiniteError, ShapeError, format_indices
+from portfolio_layers.errors import (
+    InfeasibleError,
+    InputError,
+    NonFiniteError,
+    NotPSDError,
+    ShapeError,
+    format_indices,
+)
+from portfolio_layers.qp.factor import FactorCov
 
 _EXPECTED = (
     "expected P (*batch, n, n), q (*batch, n), A (*batch, p, n), b (*batch, p), G (*batch, m, n), "
@@ -44,7 +52,8 @@ class QPData:
 
     Attributes
     ----------
-    P : Tensor of shape (B, n, n)
+    P : Tensor of shape (B, n, n) or FactorCov
+        Dense, or in factor form with ``F (B, n, k)`` and ``d (B, n)``.
     q : Tensor of shape (B, n)
     A : Tensor of shape (B, p, n) or None
     b : Tensor of shape (B, p) or None
@@ -84,7 +93,7 @@ class QPData:
             return None if v is None else v.index_select(0, idx)
 
         return QPData(
-            t(self.P),
+            self.P.take(idx) if isinstance(self.P, FactorCov) else t(self.P),
             t(self.q),
             t(self.A),
             t(self.b),
@@ -195,20 +204,24 @@ def check_finite(
     return v
 
 
-def check_P(P: object) -> Tensor:
-    """``P`` if it is a float32/float64 tensor of shape ``(*batch, n, n)`` with ``n >= 1``.
+def check_P(P: object) -> Tensor | FactorCov:
+    """``P`` if it is a float32/float64 tensor ``(*batch, n, n)`` with ``n >= 1``, or a :class:`FactorCov`.
 
-    ``P`` sets the dtype and device that the other inputs are converted to, so it must be a tensor.
+    ``P`` sets the dtype and device that the other inputs are converted to, so it must be a tensor
+    (a :class:`FactorCov` checked its own shapes and dtypes on construction).
 
     Raises
     ------
     InputError, ShapeError
         Naming what ``P`` is and what is expected.
     """
+    if isinstance(P, FactorCov):
+        return P
     if not isinstance(P, Tensor):
         raise InputError(
-            f"P must be a torch.Tensor of shape (*batch, n, n) (it sets the dtype and device of the "
-            f"problem), got {type(P).__name__}; convert it with torch.as_tensor(P, dtype=torch.float64)"
+            f"P must be a torch.Tensor of shape (*batch, n, n) or a FactorCov (it sets the dtype and "
+            f"device of the problem), got {type(P).__name__}; convert it with "
+            "torch.as_tensor(P, dtype=torch.float64)"
         )
     if P.dim() < 2 or P.shape[-1] != P.shape[-2]:
         raise ShapeError(f"P must be a square matrix (*batch, n, n), got {tuple(P.shape)}; {_EXPECTED}")
@@ -247,8 +260,31 @@ def raise_crossed_bounds(d: QPData) -> None:
     )
 
 
+def check_factor(P: FactorCov) -> None:
+    """Check the values of a :class:`FactorCov`: finite ``F`` and ``d``, and ``d > 0``.
+
+    Raises
+    ------
+    NonFiniteError
+        ``F`` or ``d`` holds NaN or infinite values.
+    NotPSDError
+        Some ``d < 0`` (then ``P`` need not be positive semidefinite).
+    InputError
+        Some ``d == 0`` (the factor form needs ``d > 0``; see :mod:`portfolio_layers.qp.factor`).
+    """
+    check_finite("FactorCov.F", P.F)
+    check_finite("FactorCov.d", P.d)
+    for bad, err, what in ((P.d < 0, NotPSDError, "negative"), (P.d == 0, InputError, "zero")):
+        if bool(bad.any()):
+            raise err(
+                f"FactorCov.d is {what} at {locate(bad)[1]} (worst {float(P.d.min()):.3g}); "
+                "P = F F' + diag(d) needs idiosyncratic variances d > 0: floor them "
+                "(d.clamp_min(1e-8 * d.max())) or pass P densely"
+            )
+
+
 def canonicalize(
-    P: Tensor,
+    P: Tensor | FactorCov,
     q: Tensor,
     A: Tensor | None = None,
     b: Tensor | None = None,
@@ -257,7 +293,7 @@ def canonicalize(
     lb: Tensor | float | None = None,
     ub: Tensor | float | None = None,
 ) -> QPData:
-    """Validate, promote and broadcast the QP data (see :class:`QPData`).
+    """Validate, promote and broadcast the QP data (see :class:`QPData`); ``P`` may be a :class:`FactorCov`.
 
     Raises
     ------
@@ -265,15 +301,19 @@ def canonicalize(
         Inconsistent shapes (the message repeats the expected shapes).
     NonFiniteError
         NaN or infinite entries (``lb = -inf`` and ``ub = +inf`` are allowed).
+    NotPSDError, InputError
+        A :class:`FactorCov` with ``d <= 0`` (see :func:`check_factor`).
     InputError
         Non-floating dtypes, mixed devices, ``A`` without ``b`` (or ``G`` without ``h``).
     """
     n = check_P(P).shape[-1]
+    fac = P if isinstance(P, FactorCov) else None
     if (A is None) != (b is None):
         raise InputError("A and b must be given together (or both left as None)")
     if (G is None) != (h is None):
         raise InputError("G and h must be given together (or both left as None)")
-    raw = {"P": P, "q": as_tensor("q", q, P)}
+    raw = {"P": P} if fac is None else {"F": fac.F, "d": fac.d}
+    raw["q"] = as_tensor("q", q, P)
     for k, v in (("A", A), ("b", b), ("G", G), ("h", h)):
         raw[k] = None if v is None else as_tensor(k, v, P)
     bounds = {}
@@ -297,14 +337,17 @@ def canonicalize(
         if not v.dtype.is_floating_point:
             raise InputError(f"{k} must be a floating tensor, got {v.dtype}")
         dtype = torch.promote_types(dtype, v.dtype)  # float32 or float64, as P is
+    if fac is not None:
+        check_factor(fac)
     for k, v in raw.items():
-        if v is not None:
+        if v is not None and k not in ("F", "d"):
             check_finite(k, v)
 
     # (name, tensor, number of trailing core dims, expected trailing shape with None = free)
     p = None if raw["A"] is None else (raw["A"].shape[-2] if raw["A"].dim() >= 2 else -1)
     m = None if raw["G"] is None else (raw["G"].shape[-2] if raw["G"].dim() >= 2 else -1)
-    specs = [("P", raw["P"], (n, n)), ("q", raw["q"], (n,))]
+    specs = [("P", raw["P"], (n, n))] if fac is None else [("F", fac.F, (n, fac.k)), ("d", fac.d, (n,))]
+    specs.append(("q", raw["q"], (n,)))
     if p is not None:
         specs += [("A", raw["A"], (p, n)), ("b", raw["b"], (p,))]
     if m is not None:
@@ -341,7 +384,7 @@ def canonicalize(
     if m == 0:
         m = None
     return QPData(
-        P=flat(raw["P"], (n, n)),
+        P=flat(raw["P"], (n, n)) if fac is None else FactorCov(flat(fac.F, (n, fac.k)), flat(fac.d, (n,))),
         q=flat(raw["q"], (n,)),
         A=flat(raw["A"], (p, n)) if p is not None else None,
         b=flat(raw["b"], (p,)) if p is not None else None,
