@@ -331,6 +331,9 @@ def _toml_value(value: Any, where: str) -> str:
         return json.dumps(value)  # JSON string escapes are valid TOML basic-string escapes
     if isinstance(value, list | tuple):
         return "[" + ", ".join(_toml_value(v, where) for v in value) + "]"
+    if isinstance(value, Mapping):  # a nested table, e.g. [params.e2e.train], written inline
+        items = (f"{_toml_key(k)} = {_toml_value(v, f'{where}.{k}')}" for k, v in value.items())
+        return "{" + ", ".join(items) + "}"
     raise ConfigError(f"cannot write {where} = {value!r} to TOML (type {type(value).__name__}).")
 
 

@@ -26,6 +26,14 @@ def test_toml_roundtrip_and_overrides(tmp_path):
     assert new.lookback == 60 and new.start == cfg.start and new.cost_bps == 0.0
 
 
+def test_nested_strategy_tables_roundtrip(tmp_path):
+    # [params.e2e.train] (training settings of a learned strategy) is written inline and read back equal.
+    cfg = default_config().override(params={"e2e": {"train": {"epochs": 2, "lr": 1e-3}, "max_weight": 0.3}})
+    path = tmp_path / "c.toml"
+    path.write_text(cfg.to_toml())
+    assert BacktestConfig.from_toml(path).params == cfg.params
+
+
 def test_default_toml_matches_built_in_default_run():
     from_file = BacktestConfig.from_toml(REPO / "backtests" / "configs" / "default.toml")
     built_in = default_config()
