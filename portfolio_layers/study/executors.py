@@ -214,6 +214,11 @@ def make_executor(name: str, *, address: str | None = None, workers: int | None 
     if name == "ray":
         import_ray()
         if address is not None:
+            if workers is not None:
+                raise ConfigError(
+                    "--workers sets the CPUs of a local Ray instance; a cluster (--address) uses the CPUs "
+                    "its nodes were started with (ray start --num-cpus K)."
+                )
             check_reachable(address)
         return RayExecutor(address, workers)
     raise ConfigError(f"unknown executor {name!r}; choose one of {', '.join(EXECUTORS)}.")

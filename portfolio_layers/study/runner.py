@@ -154,8 +154,9 @@ def run_study(
     out = Path(out)
     runs_dir, errors_dir = out / "runs", out / "errors"
     runs_dir.mkdir(parents=True, exist_ok=True)
-    skipped = [t.run_id for t in tasks if is_finished(t, runs_dir)]
-    todo = [t for t in tasks if t.run_id not in set(skipped)]
+    finished = {t.run_id for t in tasks if is_finished(t, runs_dir)}
+    skipped = [t.run_id for t in tasks if t.run_id in finished]
+    todo = [t for t in tasks if t.run_id not in finished]
     for task in todo:
         remove_staging(task, runs_dir)
     fn = functools.partial(run_task, runs_dir=None if executor.returns_results else runs_dir)

@@ -6,7 +6,7 @@ import socket
 import sys
 
 import pytest
-from conftest import SerialExecutor
+from study_helpers import SerialExecutor
 
 import portfolio_layers.study.cli as study_cli
 from portfolio_layers.cli import main
@@ -62,6 +62,10 @@ def test_unreachable_ray_address_exits_2(tmp_path, capsys):
     )
     assert code == 2 and f"cannot reach a Ray cluster at {address}" in captured.err
     assert "ray start --head" in captured.err.replace("\n", " ")
+    code, captured = _run(
+        capsys, "--seeds", "0", "--executor", "ray", "--address", address, "--workers", "2", "--out", "s"
+    )
+    assert code == 2 and "--workers sets the CPUs of a local Ray instance" in captured.err
 
 
 def test_a_failed_task_exits_1_after_the_others(tmp_path, capsys, monkeypatch):

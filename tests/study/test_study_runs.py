@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import SMALL, SerialExecutor
+from study_helpers import SMALL, SerialExecutor
 
 from portfolio_layers.backtest.metrics import METRIC_NAMES, sharpe_difference_test
 from portfolio_layers.errors import ConfigError

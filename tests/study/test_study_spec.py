@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import SMALL
+from study_helpers import SMALL
 
 from portfolio_layers.errors import ConfigError
 from portfolio_layers.study.spec import GridPoint, parse_seeds, plan_tasks, read_grid
