@@ -107,3 +107,16 @@ def test_ray_gives_the_same_runs(small_study, tmp_path):
     outcome = run_study(SMALL, [0, 1], RayExecutor(workers=2), tmp_path, progress=False)
     assert not outcome.failed and len(outcome.outcomes) == 4
     _same_runs(tmp_path, reference)
+
+
+def test_grid_points_are_scored_on_validation_and_development(study_copy):
+    grid = {"e2e": [{"d_model": 4}, {"d_model": 6, "train": {"lr": 0.001}}]}
+    outcome = run_study(SMALL, [0], SerialExecutor(), study_copy, grid=grid, progress=False)
+    assert outcome.skipped == ["equal_weight-seed0"]  # the benchmark run is shared with the earlier study
+    assert len(outcome.outcomes) == 2 and not outcome.failed
+    summary = pd.read_csv(study_copy / "summary.csv", keep_default_na=False)
+    points = summary[summary["strategy"] == "e2e"]
+    assert sorted(points["params"]) == ["d_model=4", "d_model=6, train.lr=0.001"]
+    assert np.isfinite(points["val_loss_mean"].astype(float)).all()
+    text = (study_copy / "summary.md").read_text()
+    assert "## Grid search" in text and "never on a test period" in text
