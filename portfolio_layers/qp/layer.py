@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from portfolio_layers.errors import ConfigError, NotPSDError, ShapeError
+from portfolio_layers.qp.active_set import (
+    ActiveSetFunction,
+    DualActiveSet,
+    Normalized,
+    as_tensor_like,
+    daqp_available,
+)
 from portfolio_layers.qp.autograd import Carrier, IPMFunction
 from portfolio_layers.qp.constraints import LinearConstraints, lift
 from portfolio_layers.qp.factor import FactorCov, normalize
@@ -22,8 +30,10 @@ from portfolio_layers.qp.problem import (
 )
 from portfolio_layers.qp.solution import QPSolution
 
-BACKENDS = ("ipm", "qpth", "cvxpylayers")
+BACKENDS = ("auto", "ipm", "active_set", "qpth", "cvxpylayers")
 AUX_RIDGE = 1e-9
+AUTO_SMALL_N = 50
+AUTO_SINGLE_N = 200
 
 
 def default_tol(dtype: torch.dtype) -> float:
@@ -69,11 +79,16 @@ def solve_qp(
     tol : float, optional
         Tolerance on the residuals (default ``1e-10`` in float64, ``1e-6`` in float32).
     max_iter : int
-        Iteration limit of the interior point (and of qpth).
-    backend : {"ipm", "qpth", "cvxpylayers"}
-        ``"ipm"`` is this package's batched interior point with implicit KKT backward.
+        Iteration limit of the interior point (and of qpth); ``"active_set"`` allows
+        ``max_iter * (n + p + m)`` active-set changes per element.
+    backend : {"ipm", "active_set", "auto", "qpth", "cvxpylayers"}
+        ``"ipm"`` is this package's batched interior point with implicit KKT backward (any device,
+        large ``n``). ``"active_set"`` solves each element with DAQP on the CPU and differentiates
+        through its active set (:mod:`portfolio_layers.qp.active_set`; fastest for small ``n``;
+        allows ``lb == ub``). ``"auto"`` picks one of the two (:func:`auto_backend`).
     warm_start : QPSolution or Tensor of shape (*batch, n), optional
-        A previous solution (``ipm`` only) to start from.
+        A previous solution to start from (``ipm``; ``active_set``, which starts DAQP from the active
+        set of the multipliers, or of ``x`` alone). It changes the work, never the solution.
     throw : bool
         If True, raise when an element is not solved (the error names the batch indices); if
         False, report per-element statuses in ``QPSolution.status`` and never raise for a solve.
@@ -105,19 +120,80 @@ def solve_qp(
     tol = default_tol(data.P.dtype) if tol is None else float(tol)
     if not tol > 0:
         raise ConfigError(f"tol must be positive, got {tol}")
+    if backend == "auto":
+        backend = auto_backend(data)
     if backend == "ipm":
         sol = _solve_ipm(data, tol, max_iter, warm_start)
+    elif backend == "active_set":
+        sol = _solve_active_set(data, tol, max_iter, warm_start)
     else:
         from portfolio_layers.qp import backends
 
         if warm_start is not None:
             raise ConfigError(f"warm_start is only supported by backend='ipm', not {backend!r}")
-        if isinstance(data.P, FactorCov):
-            data = QPData(data.P.dense(), *data.tensors()[1:], batch_shape=data.batch_shape)
-        sol = backends.solve(backend, data, tol, max_iter)
+        sol = backends.solve(backend, _dense(data), tol, max_iter)
     if throw:
         sol.raise_on_failure()
     return sol
+
+
+def auto_backend(data: QPData) -> str:
+    """The backend that ``backend="auto"`` picks for ``data``: "active_set" or "ipm".
+
+    "active_set" (DAQP per element, see :mod:`portfolio_layers.qp.active_set`) on CPU when DAQP is
+    installed and the problem is small: ``n <= AUTO_SMALL_N`` at any batch size, or a single problem
+    with ``n <= AUTO_SINGLE_N``. Otherwise "ipm" (always on CUDA). The thresholds come from
+    ``benchmarks/qp_layer.py``: the active set's cost grows with the batch (one solve per element) and
+    about as ``n^3``, the interior point's is a fixed per-call overhead plus batched arithmetic.
+    """
+    if data.P.device.type != "cpu" or not daqp_available():
+        return "ipm"
+    small = data.n <= AUTO_SMALL_N or (data.P.shape[0] == 1 and data.n <= AUTO_SINGLE_N)
+    return "active_set" if small else "ipm"
+
+
+def _solve_active_set(
+    data: QPData, tol: float, max_iter: int, warm_start: QPSolution | Tensor | None
+) -> QPSolution:
+    """The ``"active_set"`` backend (see :mod:`portfolio_layers.qp.active_set`)."""
+    d = Normalized.of(data)
+    if d.not_psd():
+        check_psd(torch.from_numpy(d.P), data.batch_shape)
+    warm = None
+    if warm_start is not None:
+        x, duals = _warm(data, warm_start, torch.from_numpy(d.c).to(data.q.dtype))
+        if duals is not None:
+            parts = [duals.zu - duals.zl] + [v for v in (duals.y, duals.lam) if v is not None]
+            duals = torch.cat(parts, -1).to(torch.float64).numpy()
+        warm = x.to(torch.float64).numpy(), duals
+    out = [d]
+    solver = DualActiveSet(tol=tol, max_iter=max_iter * (data.n + data.p + data.m))
+    x = ActiveSetFunction.apply(solver, out, warm, *_dense(data).tensors())
+    sol = out[1]
+    shape, n = data.batch_shape, data.n
+
+    def t(v: np.ndarray, *core: int) -> Tensor:
+        return as_tensor_like(v, x).reshape(shape + core)
+
+    return QPSolution(
+        x=x.reshape(*shape, n),
+        y=t(sol.y, data.p),
+        lam=t(sol.lam, data.m),
+        z_lower=t(sol.zl, n),
+        z_upper=t(sol.zu, n),
+        status=torch.from_numpy(sol.status).to(x.device).reshape(shape),
+        iterations=torch.from_numpy(sol.iterations).to(x.device).reshape(shape),
+        primal_residual=t(sol.primal_residual),
+        dual_residual=t(sol.dual_residual),
+        duality_gap=t(sol.gap),
+    )
+
+
+def _dense(data: QPData) -> QPData:
+    """``data`` with a :class:`FactorCov` cost formed as a dense (differentiable) ``P``."""
+    if isinstance(data.P, FactorCov):
+        return QPData(data.P.dense(), *data.tensors()[1:], batch_shape=data.batch_shape)
+    return data
 
 
 def _solve_ipm(data: QPData, tol: float, max_iter: int, warm_start: QPSolution | Tensor | None) -> QPSolution:
@@ -142,6 +218,7 @@ def _solve_ipm(data: QPData, tol: float, max_iter: int, warm_start: QPSolution |
         polish_mu=1e-3,
         polish_eps=1e-9 if f64 else 1e-5,
     )
+    warm = None if warm is None else warm_state(scaled, *warm)
     carrier = Carrier()
     x = IPMFunction.apply(solver, carrier, warm, *cost, qs, *data.tensors()[2:])
     res = carrier.result
@@ -186,8 +263,8 @@ def check_psd(P: Tensor, batch_shape: tuple[int, ...]) -> None:
     )
 
 
-def _warm(d: QPData, ws: QPSolution | Tensor | None, c: Tensor) -> IPMState | None:
-    """The interior point's start from ``warm_start`` (validated here), in the normalized units of ``d``."""
+def _warm(d: QPData, ws: QPSolution | Tensor | None, c: Tensor) -> tuple[Tensor, IPMState | None] | None:
+    """``warm_start`` validated: ``x (B, n)`` and its multipliers (None for a bare ``x``) divided by ``c``."""
     if ws is None:
         return None
     B, n = d.q.shape
@@ -212,15 +289,15 @@ def _warm(d: QPData, ws: QPSolution | Tensor | None, c: Tensor) -> IPMState | No
             )
             return (v.reshape(-1, k) / c[:, None]).expand(B, k)
 
-        duals = IPMState(x, rs("lam", d.m), rs("lam", d.m), rs("z_lower", n), rs("z_upper", n), rs("y", d.p))
-        return warm_state(d, x, duals)
+        return x, IPMState(
+            x, rs("lam", d.m), rs("lam", d.m), rs("z_lower", n), rs("z_upper", n), rs("y", d.p)
+        )
     ws = check_finite("warm_start", as_tensor("warm_start", ws, d.q).detach(), hint)
     want = (*d.batch_shape, n)
     fits = 0 < ws.dim() <= len(want) and ws.shape[-1] == n
     if not (fits and all(a in (1, w) for a, w in zip(ws.shape[::-1], want[::-1], strict=False))):
         raise ShapeError(f"warm_start must have shape (n,) or (*batch, n) = {want}, got {tuple(ws.shape)}")
-    x = ws.to(d.q.dtype).expand(*want).reshape(B, n)
-    return warm_state(d, x, None)
+    return ws.to(d.q.dtype).expand(*want).reshape(B, n), None
 
 
 class QPLayer(nn.Module):
