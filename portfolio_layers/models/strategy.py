@@ -6,6 +6,8 @@ samples (:class:`~portfolio_layers.models.samples.WindowData`) and trains the ne
 (:func:`~portfolio_layers.models.training.train`).
 Later ``fit`` calls continue from the current parameters (``refit_epochs``), as a walk-forward re-training.
 ``weights(prices, current)`` runs the network on the last row of the window it is given.
+Exogenous market-level features (``fit(prices, features=...)``, ``weights(..., features=...)``) join the
+price features as channels broadcast to every asset (:mod:`~portfolio_layers.models.inputs`).
 
 With a ``checkpoint_dir`` every fit is saved under a fingerprint of (configuration, training prices, previous
 fit): a walk-forward run that was interrupted and is started again loads the folds it had completed instead of
@@ -31,6 +33,7 @@ from portfolio_layers.errors import ConfigError, DataError
 from portfolio_layers.models.checkpoints import restore_fit, save_checkpoint
 from portfolio_layers.models.checks import check_fields, check_prices, number, previous_weights
 from portfolio_layers.models.encoders import ENCODERS, make_encoder
+from portfolio_layers.models.inputs import broadcast_features, exogenous_input
 from portfolio_layers.models.losses import PERIODS_PER_YEAR
 from portfolio_layers.models.model import E2ENet, portfolio_qp_layer
 from portfolio_layers.models.samples import WindowData
@@ -169,6 +172,7 @@ class E2EPortfolio:
     net_: E2ENet | None = _state()
     scaler_: tuple[np.ndarray, np.ndarray] | None = _state()
     assets_: tuple[str, ...] | None = _state()
+    features_: tuple[str, ...] | None = _state()
     histories_: list[tuple[pd.Timestamp, TrainHistory, bool]] = dataclasses.field(
         default_factory=list, init=False
     )
@@ -208,11 +212,22 @@ class E2EPortfolio:
 
     # -- data ---------------------------------------------------------------------------------------
 
-    def _features(self, prices: pd.DataFrame, call: str) -> tuple[np.ndarray, np.ndarray]:
+    def _exogenous(self, prices: pd.DataFrame, features: pd.DataFrame | None, call: str) -> np.ndarray | None:
+        """Exogenous features on the price rows (rows, d), checked against the fitted names; None without."""
+        where, fitted = f"{self.name}.{call}", self.net_ is not None
+        check_prices(prices, where, self.assets_)
+        window = self.window if call == "weights" else None
+        return exogenous_input(features, prices, self.features_, where, fitted_before=fitted, window=window)
+
+    def _features(
+        self, prices: pd.DataFrame, call: str, exogenous: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         from portfolio_layers.data.features import price_features
 
         check_prices(prices, f"{self.name}.{call}", self.assets_)
         features = price_features(prices).values
+        if exogenous is not None:
+            features = broadcast_features(features, exogenous)
         values = prices.to_numpy(dtype=np.float64)
         returns = np.full_like(values, np.nan)
         returns[1:] = values[1:] / values[:-1] - 1.0
@@ -258,28 +273,34 @@ class E2EPortfolio:
             )
         return net.to(_DTYPES[self.dtype])
 
-    def fit(self, prices: pd.DataFrame) -> E2EPortfolio:
+    def fit(self, prices: pd.DataFrame, features: pd.DataFrame | None = None) -> E2EPortfolio:
         """Train on these price rows only (the training window); later calls continue training.
 
         Parameters
         ----------
         prices : DataFrame of shape (rows, n)
             Prices (not returns), date-indexed, one column per asset (the fitted ones on a later fit).
+        features : DataFrame of shape (rows, d) or (T_f, d), optional
+            Exogenous market-level features, on the price dates (as the engine slices them; leading NaN
+            rows are not used) or with their own dates (aligned from the past only); standardised with this
+            window's statistics. A model fitted with features needs the same columns in every later call.
 
         Returns
         -------
         self
         """
         with _threads(self.num_threads):
-            return self._fit(prices)
+            return self._fit(prices, features)
 
-    def _fit(self, prices: pd.DataFrame) -> E2EPortfolio:
-        features, returns = self._features(prices, "fit")
+    def _fit(self, prices: pd.DataFrame, exogenous: pd.DataFrame | None = None) -> E2EPortfolio:
+        extra = self._exogenous(prices, exogenous, "fit")
+        features, returns = self._features(prices, "fit", extra)
         fold = len(self.histories_)
         first = self.net_ is None or self.refit_epochs == 0
-        key = self._fold_key(prices)
+        key = self._fold_key(prices, extra, exogenous)
         if first:
             self.assets_ = tuple(map(str, prices.columns))
+            self.features_ = None if exogenous is None else tuple(map(str, exogenous.columns))
             self.net_ = self._build(prices.shape[1], features.shape[-1])
         valid = features[np.isfinite(features).all(axis=(1, 2))]
         if len(valid) == 0:
@@ -309,15 +330,22 @@ class E2EPortfolio:
             save_checkpoint(path, self.net_, history=history.to_dict(), key=key)
         return self
 
-    def _fold_key(self, prices: pd.DataFrame) -> str:
+    def _fold_key(
+        self, prices: pd.DataFrame, extra: np.ndarray | None = None, exogenous: pd.DataFrame | None = None
+    ) -> str:
         digest = hashlib.sha256(self._fingerprint.encode())
         digest.update(str(len(self.histories_)).encode())
         digest.update(np.ascontiguousarray(prices.index.asi8).tobytes())
         digest.update(np.ascontiguousarray(prices.to_numpy(dtype=np.float64)).tobytes())
         digest.update("\x1f".join(map(str, prices.columns)).encode())
+        if extra is not None:  # the feature names and values (none: the key of a model without features)
+            digest.update(("\x1e" + "\x1f".join(map(str, exogenous.columns))).encode())
+            digest.update(np.ascontiguousarray(extra).tobytes())
         return digest.hexdigest()
 
-    def weights(self, prices: pd.DataFrame, current: np.ndarray | None = None) -> np.ndarray:
+    def weights(
+        self, prices: pd.DataFrame, current: np.ndarray | None = None, features: pd.DataFrame | None = None
+    ) -> np.ndarray:
         """Target weights at the last row of ``prices``.
 
         Parameters
@@ -329,6 +357,9 @@ class E2EPortfolio:
             Drifted weights before the trade, summing to 1, or zeros (or None) before the first trade; used
             by a turnover limit, which binds against ``1/n`` when there are none (the backtest charges it
             against 0). NaN, or nonzero weights not summing to 1, raise an ``InputError``.
+        features : DataFrame of shape (rows, d) or (T_f, d), optional
+            The exogenous features of these rows, as in :meth:`fit`: required (the same columns) when the
+            model was fitted with features, refused when it was not; the last ``window`` rows must be known.
 
         Returns
         -------
@@ -336,12 +367,15 @@ class E2EPortfolio:
             Long-only weights summing to 1.
         """
         with _threads(self.num_threads):
-            return self._weights(prices, current)
+            return self._weights(prices, current, features)
 
-    def _weights(self, prices: pd.DataFrame, current: np.ndarray | None = None) -> np.ndarray:
+    def _weights(
+        self, prices: pd.DataFrame, current: np.ndarray | None = None, exogenous: pd.DataFrame | None = None
+    ) -> np.ndarray:
         if self.net_ is None:
             raise ConfigError(f"{self.name}: call fit(prices) before weights(prices)")
-        features, returns = self._features(prices, "weights")
+        extra = self._exogenous(prices, exogenous, "weights")
+        features, returns = self._features(prices, "weights", extra)
         batch = self._data(features, returns, 0).latest()
         previous = previous_weights(current, len(self.assets_), f"{self.name}.weights")
         if previous is not None:
