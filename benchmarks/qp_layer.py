@@ -1,17 +1,26 @@
-"""Benchmark of the differentiable QP layer against qpth, cvxpylayers and proxsuite, in one run.
+"""Benchmark of the differentiable QP layer against Moreau, dQP, qpth, cvxpylayers and proxsuite, in one run.
 
-Long-only, fully-invested mean-variance problems ``min 1/2 x'(gamma S)x - mu'x  s.t. 1'x = 1, x >= 0``
-(and ``x <= cap``), S a 5-factor covariance with idiosyncratic noise, float64 on CPU. For each method
-and case: forward ms, forward+backward ms (loss ``sum(w * x)``, gradients w.r.t. S-scaled P and mu),
-max |x - x_clarabel| (cvxpy + Clarabel at 1e-12 tolerances), max constraint violation, and the
-relative difference of the gradients to those of the ``ipm`` backend.
+Long-only, fully-invested mean-variance problems ``min 1/2 x'Px - mu'x  s.t. 1'x = 1, x >= 0`` (and
+``x <= cap``) with ``P = gamma S = F F' + diag(d)``, S a 5-factor covariance with idiosyncratic noise,
+float64 on CPU, one thread for every method (torch, OpenMP, MKL, OpenBLAS). For each method and cell
+(n, batch, cap): forward ms, forward+backward ms (loss ``sum(w * x)``, gradients w.r.t. ``P`` and ``mu``;
+Moreau's factor form differentiates w.r.t. ``F``, ``d`` and ``mu``), max |x - x_clarabel| (cvxpy +
+Clarabel at 1e-12 tolerances, on up to 8 elements of the batch), max constraint violation, and the
+relative difference of the gradients to those of the ``ipm`` backend (``mu`` only for the factor form).
 
-Usage: ``python benchmarks/qp_layer.py --out benchmarks/results/qp_layer.md [--quick] [--threads 1]``.
+Ours are ``auto`` (what ``solve_qp(backend="auto")`` picks), ``active_set`` (DAQP per element with
+the active-set backward) and ``ipm`` (the batched interior point). An anchor whose forward+backward
+took over 10 s in a cell is skipped in the larger cells of the same batch ("-"), so that no cell costs
+more than about a minute per anchor.
+
+Usage: ``python benchmarks/qp_layer.py [--quick] [--cells 20:1:0.1,100:64:none] [--out FILE]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import math
 import os
 import platform
@@ -24,24 +33,32 @@ from collections.abc import Callable
 import cvxpy as cp
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
 from portfolio_layers.qp import solve_qp
 from portfolio_layers.qp.backends import _solve_cvxpylayers
+from portfolio_layers.qp.layer import auto_backend
 from portfolio_layers.qp.problem import canonicalize
 
 F64 = torch.float64
 GAMMA = 20.0  # risk aversion: 10-20 names held at n = 100, some at the 10% cap
+FULL_SIZES, QUICK_SIZES, BATCHES, CAPS = (20, 100, 250, 500, 1000), (20, 100), (1, 64), (None, 0.1)
+SKIP_AFTER_S = 10.0
+REF_ELEMENTS = 8
 
 
-def make_problem(batch: int, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """``P = gamma * S (batch, n, n)`` and ``mu (batch, n)`` (annualized scales)."""
+def make_problem(
+    batch: int, n: int, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``P = gamma S = F F' + diag(d)`` of shape (batch, n, n), ``mu``, ``F (batch, n, 5)`` and ``d``."""
     g = torch.Generator().manual_seed(seed)
     loadings = 0.1 + 0.15 * torch.randn(batch, n, 5, generator=g, dtype=F64)
     fvar = torch.tensor([0.04, 0.01, 0.01, 0.005, 0.005], dtype=F64)
     idio = (0.05 + 0.25 * torch.rand(batch, n, generator=g, dtype=F64)) ** 2
-    S = loadings @ torch.diag(fvar) @ loadings.mT + torch.diag_embed(idio)
+    F = loadings * (GAMMA * fvar).sqrt()
+    d = GAMMA * idio
     mu = 0.03 + 0.1 * torch.randn(batch, n, generator=g, dtype=F64)
-    return GAMMA * S, mu
+    return F @ F.mT + torch.diag_embed(d), mu, F, d
 
 
 def objective(P: torch.Tensor, q: torch.Tensor, x: np.ndarray) -> np.ndarray:
@@ -60,42 +77,162 @@ def clarabel_reference(P: torch.Tensor, q: torch.Tensor, cap: float | None) -> n
     return np.stack(out)
 
 
-def method_ipm(P, q, A, b, cap):  # noqa: ANN001, ANN201
-    return solve_qp(P, q, A, b, lb=0.0, ub=cap).x
+# A method takes (P, mu, F, d, cap) and returns x; the factor-form methods differentiate F, d instead of P.
 
 
-def method_qpth(P, q, A, b, cap):  # noqa: ANN001, ANN201
-    return solve_qp(P, q, A, b, lb=0.0, ub=cap, backend="qpth", tol=1e-12, max_iter=50, throw=False).x
-
-
-def make_cvxpylayers(method: str) -> Callable:
-    def run(P, q, A, b, cap):  # noqa: ANN001, ANN202
-        return _solve_cvxpylayers(canonicalize(P, q, A, b, lb=0.0, ub=cap), method)
+def ours(backend: str) -> Callable:
+    def run(P, q, F, d, cap):  # noqa: ANN001, ANN202
+        n = q.shape[-1]
+        return solve_qp(
+            P, q, torch.ones(1, n, dtype=F64), torch.ones(1, dtype=F64), lb=0.0, ub=cap, backend=backend
+        ).x
 
     return run
 
 
-def method_proxsuite(P, q, A, b, cap):  # noqa: ANN001, ANN201
+def method_qpth(P, q, F, d, cap):  # noqa: ANN001, ANN201
+    n = q.shape[-1]
+    A, b = torch.ones(1, n, dtype=F64), torch.ones(1, dtype=F64)
+    return solve_qp(P, q, A, b, lb=0.0, ub=cap, backend="qpth", tol=1e-12, max_iter=50, throw=False).x
+
+
+def make_cvxpylayers(method: str) -> Callable:
+    def run(P, q, F, d, cap):  # noqa: ANN001, ANN202
+        n = q.shape[-1]
+        return _solve_cvxpylayers(
+            canonicalize(P, q, torch.ones(1, n, dtype=F64), torch.ones(1, dtype=F64), lb=0.0, ub=cap), method
+        )
+
+    return run
+
+
+def method_proxsuite(P, q, F, d, cap):  # noqa: ANN001, ANN201
     from proxsuite.torch.qplayer import QPFunction
 
     B, n = q.shape
+    A, b = torch.ones(B, 1, n, dtype=F64), torch.ones(B, 1, dtype=F64)
     G = torch.eye(n, dtype=F64).expand(B, n, n)
     lo = torch.zeros(B, n, dtype=F64)
     up = torch.full((B, n), cap if cap else 1e20, dtype=F64)
-    x, _, _ = QPFunction(eps=1e-9, maxIter=1000)(P, -q, A.expand(B, 1, n), b.expand(B, 1), G, lo, up)
+    x, _, _ = QPFunction(eps=1e-9, maxIter=1000)(P, -q, A, b, G, lo, up)
     return x
 
 
+def method_dqp(P, q, F, d, cap):  # noqa: ANN001, ANN201
+    """dQP (libdqp) with DAQP as its forward solver; bounds become rows of G (its API has no bounds)."""
+    import dqp
+
+    B, n = q.shape
+    eye = torch.eye(n, dtype=F64)
+    G = (torch.cat([-eye, eye]) if cap else -eye).expand(B, -1, n)
+    h = torch.cat([torch.zeros(n, dtype=F64)] + ([torch.full((n,), cap, dtype=F64)] if cap else [])).expand(
+        B, -1
+    )
+    layer = _cached(("dqp",), lambda: dqp.dQP_layer(dqp.build_settings(qp_solver="daqp", eps_abs=1e-10)))
+    args = (P, -q, G, h, torch.ones(B, 1, n, dtype=F64), torch.ones(B, 1, dtype=F64))
+    if B == 1:  # dQP reads a leading dimension of 1 as no batch
+        args = tuple(v[0] for v in args)
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints when it falls back to least squares
+        return layer(*args)[0].reshape(B, n)
+
+
+_CACHE: dict = {}
+
+
+def _cached(key: tuple, build: Callable) -> object:
+    """A solver object built once per shape (constructing a layer is setup, not the per-call cost)."""
+    if key not in _CACHE:
+        _CACHE[key] = build()
+    return _CACHE[key]
+
+
+def _csr(M: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """CSR row offsets, column indices and the (row-major) positions of the nonzeros of a pattern ``M``."""
+    nz = M.nonzero()
+    offsets = torch.zeros(M.shape[0] + 1, dtype=torch.long)
+    offsets[1:] = torch.bincount(nz[:, 0], minlength=M.shape[0]).cumsum(0)
+    return offsets, nz[:, 1].contiguous(), nz[:, 0] * M.shape[1] + nz[:, 1]
+
+
+def _moreau_solver(n_var: int, Pp: torch.Tensor, Ap: torch.Tensor, zero: int, batch: int):  # noqa: ANN202
+    import moreau
+    from moreau.torch import Solver
+
+    (pro, pci, _), (aro, aci, _) = _csr(Pp), _csr(Ap)
+    cones = moreau.Cones(num_zero_cones=zero, num_nonneg_cones=Ap.shape[0] - zero)
+    settings = moreau.Settings(batch_size=batch, enable_grad=True, device="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return Solver(n_var, Ap.shape[0], pro, pci, aro, aci, cones, settings)
+
+
+def _rows(n: int, cap: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``1'x = 1``, ``-x <= 0`` (and ``x <= cap``) as Moreau's ``Ax + s = b``, s in zero x nonneg cones."""
+    eye = torch.eye(n, dtype=F64)
+    A = torch.cat([torch.ones(1, n, dtype=F64), -eye] + ([eye] if cap else []))
+    b = torch.cat(
+        [torch.ones(1, dtype=F64), torch.zeros(n, dtype=F64)]
+        + ([torch.full((n,), cap, dtype=F64)] if cap else [])
+    )
+    return A, b
+
+
+def method_moreau(P, q, F, d, cap):  # noqa: ANN001, ANN201
+    """Moreau with a dense ``P`` (its default solver choice: active set for n <= 500, else interior point)."""
+    B, n = q.shape
+    A, b = _rows(n, cap)
+    solver = _cached(("moreau", n, B, cap), lambda: _moreau_solver(n, torch.ones(n, n), A, 1, B))
+    _, _, apos = _csr(A)
+    sol = solver.solve(P.reshape(B, n * n), A.reshape(-1)[apos].expand(B, -1), -q, b.expand(B, -1))
+    return sol.x
+
+
+def method_moreau_factor(P, q, F, d, cap):  # noqa: ANN001, ANN201
+    """Moreau's factor form: variables ``(x, y)``, ``y = F'x`` (k equalities), cost ``x'Dx/2 + y'y/2``."""
+    B, n = q.shape
+    k = F.shape[-1]
+    A0, b0 = _rows(n, cap)
+    # rows: F'x - y = 0 (k), 1'x = 1, -x <= 0, x <= cap; the pattern of F' is dense
+    A = torch.zeros(k + A0.shape[0], n + k, dtype=F64)
+    A[:k, :n], A[:k, n:] = 1.0, -torch.eye(k, dtype=F64)
+    A[k:, :n] = A0
+    solver = _cached(
+        ("moreau-factor", n, k, B, cap), lambda: _moreau_solver(n + k, torch.eye(n + k), A, k + 1, B)
+    )
+    _, _, apos = _csr(A)
+    full = A.expand(B, -1, -1).clone()
+    full = torch.cat([torch.cat([F.mT, full[:, :k, n:]], -1), full[:, k:]], 1)  # differentiable in F
+    Pv = torch.cat([d, torch.ones(B, k, dtype=F64)], -1)
+    b = torch.cat([torch.zeros(k, dtype=F64), b0])
+    sol = solver.solve(
+        Pv, full.reshape(B, -1)[:, apos], torch.cat([-q, torch.zeros(B, k, dtype=F64)], -1), b.expand(B, -1)
+    )
+    return sol.x[:, :n]
+
+
+FACTOR_FORM = {"Moreau factor form"}
+
+
 def available_methods() -> dict[str, Callable]:
-    methods = {"ipm (ours)": method_ipm, "qpth (1 thread)": method_qpth}
+    methods = {
+        "auto (ours)": ours("auto"),
+        "active_set (ours)": ours("active_set"),
+        "ipm (ours)": ours("ipm"),
+    }
+    for name, module, fn in (
+        ("Moreau dense", "moreau", method_moreau),
+        ("Moreau factor form", "moreau", method_moreau_factor),
+        ("dQP DAQP", "dqp", method_dqp),
+        ("proxsuite QPLayer", "proxsuite.torch.qplayer", method_proxsuite),
+    ):
+        try:
+            __import__(module)
+            methods[name] = fn
+        except ImportError:
+            print(f"{module} not installed: {name} skipped", file=sys.stderr)
+    methods["qpth (1 thread)"] = method_qpth
     methods["cvxpylayers Clarabel"] = make_cvxpylayers("Clarabel")
     methods["cvxpylayers SCS"] = make_cvxpylayers("SCS")
-    try:
-        import proxsuite.torch.qplayer  # noqa: F401
-
-        methods["proxsuite QPLayer"] = method_proxsuite
-    except ImportError:
-        print("proxsuite not installed: skipped (pip install proxsuite)", file=sys.stderr)
     return methods
 
 
@@ -113,54 +250,70 @@ def timed(fn: Callable[[], object], reps: int) -> tuple[float, object]:
     return statistics.median(times), out
 
 
-def run_case(n: int, batch: int, cap: float | None, methods: dict[str, Callable], reps: int) -> list[dict]:
-    P, q = make_problem(batch, n, seed=n + batch)
-    A, b = torch.ones(1, n, dtype=F64), torch.ones(1, dtype=F64)
-    ref = clarabel_reference(P, q, cap)
-    obj_ref = objective(P, q, ref)
+def run_case(
+    n: int, batch: int, cap: float | None, methods: dict[str, Callable], reps: int, skip: set[str]
+) -> list[dict]:
+    P, q, F, d = make_problem(batch, n, seed=n + batch)
+    r = min(batch, REF_ELEMENTS)
+    ref = clarabel_reference(P[:r], q[:r], cap)
+    obj_ref = objective(P[:r], q[:r], ref)
     w = torch.randn(batch, n, generator=torch.Generator().manual_seed(1), dtype=F64)
     rows, grads_ref = [], None
     for name, fn in methods.items():
+        if name in skip:
+            rows.append(dict(method=name, skipped=True))
+            continue
+        factor = name in FACTOR_FORM
 
         def fwd(fn=fn):  # noqa: ANN001, ANN202
             with torch.no_grad():
-                return fn(P, q, A, b, cap)
+                return fn(P, q, F, d, cap)
 
-        def fwd_bwd(fn=fn):  # noqa: ANN001, ANN202
-            Pg, qg = P.clone().requires_grad_(True), q.clone().requires_grad_(True)
-            x = fn(Pg, qg, A, b, cap)
+        def fwd_bwd(fn=fn, factor=factor):  # noqa: ANN001, ANN202
+            leaves = [v.clone().requires_grad_(True) for v in (P, q, F, d)]
+            x = fn(*leaves, cap)
             (x * w).sum().backward()
-            return x.detach(), Pg.grad, qg.grad
+            return x.detach(), leaves[0].grad if not factor else None, leaves[1].grad
 
         try:
+            fwd_bwd()  # warm-up: lazy imports, solver construction
             t_f, x = timed(fwd, reps)
             t_fb, (_, gP, gq) = timed(fwd_bwd, reps)
         except Exception as exc:  # an anchor failing is a result, not a crash of the benchmark
             rows.append(dict(method=name, error=f"{type(exc).__name__}: {str(exc)[:80]}"))
             continue
+        if t_fb > SKIP_AFTER_S * 1e3:
+            skip.add(name)
         x = x.detach()
-        err = float(np.abs(x.numpy() - ref).max()) if bool(torch.isfinite(x).all()) else math.inf
+        xr = x[:r].numpy()
+        err = float(np.abs(xr - ref).max()) if bool(torch.isfinite(x).all()) else math.inf
         viol = max(float((x.sum(-1) - 1).abs().max()), float((-x).clamp_min(0).max()))
         if cap:
             viol = max(viol, float((x - cap).clamp_min(0).max()))
-        if grads_ref is None:
+        if name == "ipm (ours)":
             grads_ref = (gP, gq)
-        gdiff = max(
-            float((gP - grads_ref[0]).abs().max() / grads_ref[0].abs().max()),
-            float((gq - grads_ref[1]).abs().max() / grads_ref[1].abs().max()),
-        )
-        gap = float((objective(P, q, x.numpy()) - obj_ref).max()) if math.isfinite(err) else math.inf
-        rows.append(dict(method=name, fwd=t_f, fwd_bwd=t_fb, err=err, viol=viol, grad=gdiff, gap=gap))
-    held = float((torch.as_tensor(ref) > 1e-6).sum(-1).double().mean())
-    for r in rows:
-        r.update(n=n, batch=batch, cap=cap, held=held)
+        gap = float((objective(P[:r], q[:r], xr) - obj_ref).max()) if math.isfinite(err) else math.inf
+        rows.append(dict(method=name, fwd=t_f, fwd_bwd=t_fb, err=err, viol=viol, gP=gP, gq=gq, gap=gap))
+    for row in rows:
+        gd = []
+        if grads_ref is not None and "gq" in row:
+            gd.append(float((row["gq"] - grads_ref[1]).abs().max() / grads_ref[1].abs().max()))
+            if row["gP"] is not None:
+                gd.append(float((row["gP"] - grads_ref[0]).abs().max() / grads_ref[0].abs().max()))
+        held = float((torch.as_tensor(ref) > 1e-6).sum(-1).double().mean())
+        row.update(n=n, batch=batch, cap=cap, held=held, grad=max(gd) if gd else math.nan)
+        row["auto"] = auto_backend(canonicalize(P, q))
     return rows
 
 
 def fmt(v: float, kind: str) -> str:
     if not math.isfinite(v):
         return "nan/inf"
-    return f"{v:.1f}" if kind == "ms" else f"{v:.1e}"
+    return (f"{v:.2f}" if v < 10 else f"{v:.1f}") if kind == "ms" else f"{v:.1e}"
+
+
+def cell_name(r: dict) -> str:
+    return f"n={r['n']}, B={r['batch']}, " + ("no cap" if r["cap"] is None else f"cap {r['cap']:.0%}")
 
 
 def to_markdown(rows: list[dict], header: str) -> str:
@@ -170,65 +323,87 @@ def to_markdown(rows: list[dict], header: str) -> str:
     for r in rows:
         cap = "-" if r["cap"] is None else f"{r['cap']:.0%}"
         lead = f"| {r['n']} | {r['batch']} | {cap} | {r['held']:.1f} | {r['method']} |"
-        if "error" in r:
+        if r.get("skipped"):
+            lines.append(f"{lead} - | - | skipped: over {SKIP_AFTER_S:.0f} s in a smaller cell | | | |")
+        elif "error" in r:
             lines.append(f"{lead} failed: {r['error']} | | | | | |")
         else:
             vals = [fmt(r["fwd"], "ms"), fmt(r["fwd_bwd"], "ms")]
-            vals += [fmt(r[k], "e") for k in ("err", "gap", "viol", "grad")]
+            vals += [fmt(r[k], "e") for k in ("err", "gap", "viol")]
+            vals.append("-" if math.isnan(r["grad"]) else fmt(r["grad"], "e"))
             lines.append(f"{lead} " + " | ".join(vals) + " |")
     return "\n".join(lines)
 
 
 def ratios(rows: list[dict]) -> str:
-    out = ["", "Speed-up of ipm (ours) in forward+backward (anchor ms / ours ms):", ""]
-    keys = []
+    """Anchor time / our ("auto") time per cell, forward+backward (forward in parentheses)."""
+    cells: dict[str, list[dict]] = {}
     for r in rows:
-        if (r["n"], r["batch"], r["cap"]) not in keys:
-            keys.append((r["n"], r["batch"], r["cap"]))
-    for key in keys:
-        case = [r for r in rows if (r["n"], r["batch"], r["cap"]) == key and "error" not in r]
-        ours = [r for r in case if r["method"].startswith("ipm")]
-        if not ours:
+        cells.setdefault(cell_name(r), []).append(r)
+    anchors = [m for m in dict.fromkeys(r["method"] for r in rows) if "(ours)" not in m]
+    out = ["", "Anchor time / our time (`auto`; > 1 means we are faster), forward+backward (forward):", ""]
+    out += ["| cell | auto picks | " + " | ".join(anchors) + " |", "|" + "---|" * (len(anchors) + 2)]
+    for name, case in cells.items():
+        ours_ = next((r for r in case if r["method"] == "auto (ours)" and "fwd" in r), None)
+        if ours_ is None:
             continue
-        parts = [f"{r['method']} {r['fwd_bwd'] / ours[0]['fwd_bwd']:.1f}x" for r in case if r is not ours[0]]
-        cap = "no cap" if key[2] is None else f"cap {key[2]:.0%}"
-        out.append(f"- n={key[0]}, batch={key[1]}, {cap}: " + ", ".join(parts))
+        parts = []
+        for a in anchors:
+            r = next((r for r in case if r["method"] == a), None)
+            if r is None or "fwd" not in r:
+                parts.append("-")
+            else:
+                parts.append(f"{r['fwd_bwd'] / ours_['fwd_bwd']:.2f} ({r['fwd'] / ours_['fwd']:.2f})")
+        out.append(f"| {name} | {ours_['auto']} | " + " | ".join(parts) + " |")
     return "\n".join(out)
+
+
+def parse_cells(text: str) -> list[tuple[int, int, float | None]]:
+    """``"20:1:0.1,100:64:none"`` -> [(20, 1, 0.1), (100, 64, None)]."""
+    out = []
+    for part in text.split(","):
+        n, b, cap = part.split(":")
+        out.append((int(n), int(b), None if cap.lower() in ("none", "-", "0") else float(cap)))
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="benchmarks/results/qp_layer.md")
-    ap.add_argument("--quick", action="store_true", help="n in {20, 100}, batch 64 only, 3 repetitions")
-    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads for all methods")
+    ap.add_argument("--quick", action="store_true", help="n in {20, 100} only")
+    ap.add_argument("--cells", help="comma-separated n:batch:cap cells, e.g. 20:1:0.1,100:64:none")
     ap.add_argument("--reps", type=int, default=7)
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
-    torch.set_num_threads(args.threads)
-    sizes = [20, 100] if args.quick else [20, 100, 250]
-    batches = [64] if args.quick else [1, 64]
-    reps = 3 if args.quick else args.reps
+    torch.set_num_threads(1)
+    threadpool_limits(1)  # OpenMP, MKL, OpenBLAS of numpy and the anchors' C code
+    if args.cells:
+        cells = parse_cells(args.cells)
+    else:
+        sizes = QUICK_SIZES if args.quick else FULL_SIZES
+        cells = [(n, b, c) for b in BATCHES for n in sizes for c in CAPS]
     methods = available_methods()
-    for fn in methods.values():  # warm-up: first calls pay for lazy imports and kernel setup
-        P, q = make_problem(4, 10)
-        fn(P, q, torch.ones(1, 10, dtype=F64), torch.ones(1, dtype=F64), 0.2)
-    rows = []
-    for n in sizes:
-        for batch in batches:
-            for cap in (None, 0.1):
-                rows.extend(run_case(n, batch, cap, methods, reps))
-                print(f"done n={n} batch={batch} cap={cap}", file=sys.stderr)
+    rows, skip = [], {b: set() for b in {c[1] for c in cells}}
+    for n, batch, cap in sorted(cells, key=lambda c: (c[1], c[0])):
+        rows.extend(run_case(n, batch, cap, methods, args.reps, skip[batch]))
+        print(f"done n={n} batch={batch} cap={cap}", file=sys.stderr)
+    rows.sort(key=lambda r: (r["n"], r["batch"], r["cap"] is not None))
     load = os.getloadavg() if hasattr(os, "getloadavg") else (math.nan,) * 3
+    cmd = " ".join(["python benchmarks/qp_layer.py", *(argv if argv is not None else sys.argv[1:])])
     header = (
         "# QP layer benchmark\n\n"
-        f"`python benchmarks/qp_layer.py{' --quick' if args.quick else ''} --threads {args.threads}`; "
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-        f"{args.threads} torch thread(s) for every method (qpth always 1), float64, risk aversion {GAMMA}; "
-        f"load average at the end {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}. Times are medians "
-        "(of up to 7 runs; 1-2 runs for calls over 0.3 s). cvxpylayers runs through diffcp (DIFFCP solver) "
-        "with Clarabel or SCS at their default tolerances. The Clarabel reference is solved by cvxpy at "
-        "1e-12 tolerances; a negative objective difference means a lower (better) objective than it, "
-        "i.e. the error column is then partly the reference's own."
+        f"`{cmd}`; {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
+        f"{torch.__version__}, one thread for every method (torch, OpenMP, MKL, OpenBLAS), float64, risk "
+        f"aversion {GAMMA}, 5 factors; load average at the end {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}."
+        " "
+        "Times are medians (of up to 7 runs; 1-2 runs for calls over 0.3 s), after one warm-up call (solver "
+        "objects such as Moreau's are built once per shape, outside the timing). Errors are on up to "
+        f"{REF_ELEMENTS} elements of the batch against cvxpy + Clarabel at 1e-12 tolerances; a negative "
+        "objective difference means a lower (better) objective than the reference. cvxpylayers runs through "
+        "diffcp with Clarabel or SCS at their default tolerances; dQP with DAQP at eps_abs 1e-10; Moreau at "
+        "its "
+        'default settings (active set below n = 500). `auto` is `solve_qp(backend="auto")`; the column '
+        "'auto picks' says which backend it ran."
     )
     text = to_markdown(rows, header) + "\n" + ratios(rows) + "\n"
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
