@@ -3,6 +3,7 @@
     python backtests/e2edro/run.py --seeds 0,1,2,3,4          # the full protocol, five seeds
     python backtests/e2edro/run.py --quick                     # a few weeks, one seed, tiny epochs (tests)
     python backtests/e2edro/run.py --seeds 3 --strategies e2e_dro --out DIR   # one piece of a study
+    python backtests/e2edro/run.py --end 2015-03-27 --lr 0.0125 --epochs 30   # a shorter, cheaper run
 
 The protocol is ``backtests/e2edro/e2edro.toml`` (see ``data/e2edro/README.md``): weekly prices compounded
 from the published weekly returns, the 8 factor returns as features, trading 2013-01-25 .. 2021-10-01 (454
@@ -87,12 +88,23 @@ def weekly_prices(path: Path) -> pd.DataFrame:
     return (1.0 + returns).cumprod()
 
 
-def load_config(path: Path, quick: bool) -> BacktestConfig:
+def load_config(
+    path: Path, quick: bool, *, end: str | None = None, lr: float | None = None, epochs: int | None = None
+) -> BacktestConfig:
+    """The protocol of ``path``; ``quick`` shrinks it (:data:`QUICK`), ``end`` stops it early, ``lr`` and
+    ``epochs`` fix those of the end-to-end strategies (which then skip the cross-validation)."""
     config = BacktestConfig.from_toml(path)
-    if not quick:
-        return config
-    params = {name: dict(QUICK_PARAMS) for name in config.strategies if name in LEARNED}
-    return dataclasses.replace(config, **QUICK, params=params)
+    if quick:
+        params = {name: dict(QUICK_PARAMS) for name in config.strategies if name in LEARNED}
+        config = dataclasses.replace(config, **QUICK, params=params)
+    fixed = {k: v for k, v in (("lr", lr), ("epochs", epochs)) if v is not None}
+    if fixed:
+        params = {k: dict(v) for k, v in config.params.items()}
+        for name in config.strategies:
+            if name in LEARNED and name != "pto_nominal":
+                params.setdefault(name, {}).update(fixed)
+        config = dataclasses.replace(config, params=params)
+    return config if end is None else dataclasses.replace(config, end=end)
 
 
 def run_seed(config: BacktestConfig, prices: pd.DataFrame, seed: int, out: Path) -> pd.DataFrame:
@@ -160,9 +172,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", default=None, help="comma-separated seeds (default 0,1,2,3,4; quick: 0)")
     parser.add_argument("--strategies", default=None, help="comma-separated subset of the strategies")
     parser.add_argument("--quick", action="store_true", help="short period, one seed, tiny epochs")
+    parser.add_argument("--end", default=None, help="last price date (a shorter run; default: all)")
+    parser.add_argument("--lr", type=float, default=None, help="fixed lr of the e2e strategies (no CV)")
+    parser.add_argument("--epochs", type=int, default=None, help="fixed epochs of the end-to-end strategies")
     parser.add_argument("--out", type=Path, default=HERE / "runs", help="output folder (default: runs/ here)")
     args = parser.parse_args(argv)
-    config = load_config(args.config, args.quick)
+    config = load_config(args.config, args.quick, end=args.end, lr=args.lr, epochs=args.epochs)
     if args.strategies:
         config = config.with_strategies(s.strip() for s in args.strategies.split(",") if s.strip())
     seeds = [int(s) for s in (args.seeds or ("0" if args.quick else "0,1,2,3,4")).split(",") if s.strip()]

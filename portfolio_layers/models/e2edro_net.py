@@ -81,7 +81,7 @@ class Panel:
 
     def decision_rows(self, first: int, last: int) -> Tensor:
         """Rows ``first .. last`` (inclusive) as a LongTensor (empty when ``last < first``)."""
-        return torch.arange(first, last + 1, dtype=torch.long)
+        return torch.arange(first, max(first, last + 1), dtype=torch.long)
 
     def future(self, rows: Tensor, horizon: int) -> Tensor:
         """Returns of the ``horizon`` rows after each decision row, shape (B, H, n)."""
