@@ -31,6 +31,9 @@ EXECUTORS = ("local", "ray")
 #: Seconds to wait for a TCP connection to a Ray address before calling it unreachable.
 CONNECT_TIMEOUT = 5.0
 
+#: Longest single wait for a Ray task to finish before the loop looks again (and sees Ctrl-C).
+WAIT_SECONDS = 1.0
+
 RAY_INSTALL = 'Ray is not installed; install it with pip install -e ".[ray]" (or pip install "ray>=2.9").'
 
 
@@ -183,7 +186,8 @@ class RayExecutor:
             pending = {remote.remote(fn_ref, task): task for task in tasks}
             try:
                 while pending:
-                    done, _ = ray.wait(list(pending), num_returns=1)
+                    # a bounded wait, so that Ctrl-C is seen between waits (a blocked wait ignores it)
+                    done, _ = ray.wait(list(pending), num_returns=1, timeout=WAIT_SECONDS)
                     for ref in done:
                         task = pending.pop(ref)
                         try:
