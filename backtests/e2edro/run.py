@@ -11,9 +11,10 @@ weekly returns), weekly rebalancing, long-only, no cap, no costs, four fits on e
 runs each strategy once; the score is the paper's (:func:`geometric_sharpe`).
 
 Writes into ``--out`` (default ``backtests/e2edro/runs/``): ``scores_seed<N>.csv`` (one row per strategy:
-score, our arithmetic Sharpe, wall seconds), ``diagnostics_seed<N>_<strategy>_<key>.csv`` (fits, training
-curves, cross-validation), and ``summary.md``, the table over every ``scores_seed*.csv`` of the folder (so
-seeds run as separate processes into one folder are summarised together).
+score, our arithmetic Sharpe, mean turnover and largest weight, wall seconds),
+``weights_seed<N>_<strategy>.csv``, ``diagnostics_seed<N>_<strategy>_<key>.csv`` (fits, training curves,
+cross-validation), and ``summary.md``, the table over every ``scores_seed*.csv`` of the folder (so seeds
+run as separate processes into one folder are summarised together).
 """
 
 from __future__ import annotations
@@ -124,12 +125,15 @@ def run_seed(config: BacktestConfig, prices: pd.DataFrame, seed: int, out: Path)
                 "strategy": strategy.name,
                 "score": geometric_sharpe(r, periods),
                 "arithmetic_sharpe": float(result.metrics.loc[strategy.name, "sharpe"]),
+                "turnover": float(result.metrics.loc[strategy.name, "turnover"]),
+                "max_weight": float(result.weights[strategy.name].max(axis=1).mean()),
                 "weeks": int(r.notna().sum()),
                 "first": str(r.index[0].date()),
                 "last": str(r.index[-1].date()),
                 "seconds": seconds,
             }
         )
+        result.weights[strategy.name].to_csv(out / f"weights_seed{seed}_{strategy.name}.csv")
         for key, frame in result.diagnostics.get(strategy.name, {}).items():
             frame.to_csv(out / f"diagnostics_seed{seed}_{strategy.name}_{key}.csv", index=False)
         print(

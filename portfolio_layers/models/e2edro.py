@@ -376,6 +376,7 @@ class DROPortfolio:
                 "delta": float(net.delta.detach()) if self.layer != "nominal" else np.nan,
                 "loss_first": losses[0] if losses else np.nan,
                 "loss_last": losses[-1] if losses else np.nan,
+                "fallbacks": net.fallbacks,
                 "theta_shift": float((theta - theta_ls).norm() / theta_ls.norm().clamp_min(1e-300)),
                 "seconds": time.perf_counter() - tic,
                 "cv_seconds": cv_seconds,

@@ -20,6 +20,7 @@ divides its factor 0.5 by the number of assets ``n`` in the same way).
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from portfolio_layers.errors import ConfigError, DataError, ShapeError
+from portfolio_layers.errors import ConfigError, DataError, ShapeError, SolverError
 from portfolio_layers.models.dro import dro_layer, error_windows, nominal_layer
 
 #: Decision layers: the nominal QP and the robust layers over a Hellinger or a total-variation ball.
@@ -35,6 +36,11 @@ LAYERS = ("nominal", "hellinger", "tv")
 #: Smallest value of ``gamma`` and ``delta``: they are projected onto ``[PARAM_FLOOR, inf)`` after every
 #: optimizer step (as in the authors' code), which keeps them positive.
 PARAM_FLOOR = 1e-4
+#: Largest share of a batch that :meth:`DRONet.forward` re-solves with the cone backend when the native
+#: robust solver reports elements it could not solve; more failures are raised.
+FALLBACK_SHARE = 0.05
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "LAYERS",
@@ -202,6 +208,7 @@ class DRONet(nn.Module):
         self.delta = nn.Parameter(
             torch.tensor(float(delta) if robust else 0.0, dtype=f64), robust and "delta" in learn
         )
+        self.fallbacks = 0
 
     def set_theta(self, weight: Tensor, bias: Tensor) -> None:
         """Copy prediction weights (for example :func:`least_squares`) into the layer."""
@@ -244,8 +251,32 @@ class DRONet(nn.Module):
         if self.layer == "nominal":
             z = nominal_layer(windows, y_hat, self.gamma)
         else:
-            z = dro_layer(windows, y_hat, self.gamma, self.delta, self.layer)
+            z = self._robust(windows, y_hat)
         return z, y_hat
+
+    def _robust(self, E: Tensor, y: Tensor) -> Tensor:
+        """:func:`dro_layer`; elements its native solver reports as failed are solved as cone programs.
+
+        A failure of a few elements (at most :data:`FALLBACK_SHARE` of the batch) does not stop training:
+        the others are solved again natively and the failed ones by ``backend="cvxpylayers"`` (Clarabel, the
+        same program); ``fallbacks`` counts them.
+        """
+        try:
+            return dro_layer(E, y, self.gamma, self.delta, self.layer)
+        except SolverError as exc:
+            bad = sorted({int(i[0]) for i in exc.indices})
+            if not bad or len(bad) > FALLBACK_SHARE * len(E):
+                raise
+            logger.warning(
+                "%s layer: %d of %d elements re-solved as cone programs", self.layer, len(bad), len(E)
+            )
+            self.fallbacks += len(bad)
+            failed = torch.zeros(len(E), dtype=torch.bool)
+            failed[bad] = True
+            z = torch.zeros_like(y)
+            z = z.index_put((~failed,), dro_layer(E[~failed], y[~failed], self.gamma, self.delta, self.layer))
+            cone = dro_layer(E[failed], y[failed], self.gamma, self.delta, self.layer, backend="cvxpylayers")
+            return z.index_put((failed,), cone)
 
 
 @dataclass(frozen=True)

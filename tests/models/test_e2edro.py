@@ -270,3 +270,35 @@ def test_registry_names_fix_the_layer_and_training() -> None:
         assert (s.name, s.layer, s.end_to_end) == (name, layer, e2e)
     config = BacktestConfig(strategies=("e2e_dro",), seed=7, cost_bps=0.0)
     assert strategy_kwargs("e2e_dro", config, 52) == {"seed": 7, "periods_per_year": 52}
+
+
+def test_failed_robust_elements_are_solved_again_as_cone_programs(monkeypatch) -> None:
+    import portfolio_layers.models.e2edro_net as module
+    from portfolio_layers.errors import SolverError
+
+    prices, features = planted(T=40, n=3, d=2)
+    panel = make_panel(prices, features, "test")
+    net = DRONet(2, 3, layer="hellinger", N=16, gamma=0.05, delta=0.2)
+    net.set_theta(*least_squares(panel.x, panel.r))
+    rows = torch.arange(16, 36)
+    with torch.no_grad():
+        expected, _ = net(panel, rows)
+    real, calls = module.dro_layer, []
+
+    def flaky(E, y, gamma, delta, ambiguity, **kw):
+        calls.append((len(E), kw.get("backend")))
+        if len(calls) == 1:
+            raise SolverError("did not converge", [(3,)])
+        return real(E, y, gamma, delta, ambiguity)
+
+    monkeypatch.setattr(module, "dro_layer", flaky)
+    with torch.no_grad():
+        z, _ = net(panel, rows)
+    assert calls == [(20, None), (19, None), (1, "cvxpylayers")] and net.fallbacks == 1
+    torch.testing.assert_close(z, expected, atol=1e-6, rtol=0)
+    calls.clear()
+    monkeypatch.setattr(
+        module, "dro_layer", lambda *a, **k: (_ for _ in ()).throw(SolverError("x", [(0,), (1,)]))
+    )
+    with pytest.raises(SolverError):
+        net(panel, rows)
