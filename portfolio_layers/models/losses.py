@@ -38,6 +38,7 @@ __all__ = [
     "negative_utility",
     "portfolio_returns",
     "portfolio_loss",
+    "returns_loss",
     "turnover",
 ]
 
@@ -246,6 +247,33 @@ def portfolio_loss(
     Tensor of shape ()
     """
     returns = portfolio_returns(weights, future_returns, previous, cost_bps)
+    return returns_loss(
+        name, returns, risk_aversion=risk_aversion, pooled=pooled, periods_per_year=periods_per_year
+    )
+
+
+def returns_loss(
+    name: str,
+    returns: Tensor,
+    *,
+    risk_aversion: float = 5.0,
+    pooled: bool = True,
+    periods_per_year: float = PERIODS_PER_YEAR,
+) -> Tensor:
+    """A backtest loss by name on per-row net returns (e.g. of a chain of decisions).
+
+    Parameters
+    ----------
+    name : {"sharpe", "sortino", "utility"}
+    returns : Tensor of shape (batch, H)
+        Per-row portfolio returns, net of costs.
+    risk_aversion, pooled, periods_per_year
+        As in :func:`portfolio_loss`.
+
+    Returns
+    -------
+    Tensor of shape ()
+    """
     if name == "sharpe":
         return negative_sharpe(returns, pooled=pooled, periods_per_year=periods_per_year)
     if name == "sortino":

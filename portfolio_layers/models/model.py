@@ -7,7 +7,9 @@ At each decision the network solves the long-only mean-variance problem
 
 with ``Sigma`` from :class:`~portfolio_layers.models.heads.RiskHead`, ``mu`` from
 :class:`~portfolio_layers.models.heads.ReturnHead` and a learnable risk aversion ``gamma > 0``; the QP layer
-(:mod:`portfolio_layers.qp`) differentiates the solution, so a loss on the weights trains everything.
+(:mod:`portfolio_layers.qp`) differentiates the solution, so a loss on the weights trains everything. With a
+:class:`~portfolio_layers.models.decision.DecisionLayer` (what :class:`E2EPortfolio` builds) the problem also
+pays a trading cost ``kappa sum_i |w_i - w_prev_i|`` and has a gated prior at equal weight.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from portfolio_layers.errors import ConfigError, ShapeError
+from portfolio_layers.models.decision import DecisionLayer
 from portfolio_layers.models.heads import ReturnHead, RiskHead
 
 __all__ = ["E2ENet", "NetOutput", "portfolio_qp_layer"]
@@ -105,9 +108,10 @@ class E2ENet(nn.Module):
         ``encoder(x (batch, T, n, F)) -> (emb (batch, n, d), info)``, see models.encoders.
     d_model : int
         Embedding size ``d`` of the encoder.
-    qp_layer : portfolio_layers.qp.QPLayer
-        The portfolio QP (see :func:`portfolio_qp_layer`); its ``solve(P, q, x0)`` gives a ``QPSolution``
-        whose first ``n`` entries of ``x`` are the weights.
+    qp_layer : DecisionLayer or portfolio_layers.qp.QPLayer
+        The portfolio QP (see :class:`~portfolio_layers.models.decision.DecisionLayer` and
+        :func:`portfolio_qp_layer`); its ``solve(P, q, x0)`` gives a ``QPSolution`` whose first ``n`` entries
+        of ``x`` are the weights.
     n_factors : int
         Factors of the risk head.
     blend_sample_cov : bool
@@ -148,7 +152,7 @@ class E2ENet(nn.Module):
 
     @property
     def needs_previous(self) -> bool:
-        """Whether the QP uses the previous weights (a turnover limit); training then feeds them."""
+        """Whether the QP uses the previous weights (a cost term or a turnover limit); training then feeds them."""
         return bool(getattr(self.qp, "needs_x0", False))
 
     @property
@@ -180,17 +184,35 @@ class E2ENet(nn.Module):
         sample_cov : Tensor of shape (batch, n, n), optional
             Annualised sample covariance of the window.
         previous : Tensor of shape (batch, n), optional
-            Drifted weights before the trade (used by a turnover limit; equal weights when missing).
+            Drifted weights before the trade, used by a cost term or a turnover limit (missing: no position for
+            a :class:`DecisionLayer`, equal weights for a plain ``QPLayer``'s turnover limit).
         """
-        pred = self.predict(x, sample_cov)
+        return self.decide(self.predict(x, sample_cov), previous)
+
+    def decide(self, pred: NetOutput, previous: Tensor | None = None) -> NetOutput:
+        """The QP step alone, on the forecasts of :meth:`predict` (training runs the encoder once for a chain).
+
+        Parameters
+        ----------
+        pred : NetOutput
+            From :meth:`predict`: ``mu (batch, n)``, ``cov (batch, n, n)``, ``risk_aversion``.
+        previous : Tensor of shape (batch, n), optional
+            Drifted weights before the trade.
+        """
         n = pred.mu.shape[-1]
-        if not self.needs_previous:
-            previous = None
-        elif previous is None:
-            previous = torch.full_like(pred.mu, 1.0 / n)
-        elif previous.shape != pred.mu.shape:
+        if previous is not None and previous.shape != pred.mu.shape:
             raise ShapeError(
                 f"previous weights must have shape {tuple(pred.mu.shape)}, got {tuple(previous.shape)}"
             )
+        if not self.needs_previous:
+            previous = None
+        elif previous is None and not isinstance(self.qp, DecisionLayer):
+            previous = torch.full_like(pred.mu, 1.0 / n)
         solution = self.qp.solve(pred.risk_aversion * pred.cov, pred.mu, previous)
         return NetOutput(solution.x[..., :n], pred.mu, pred.cov, pred.risk_aversion, pred.deq, solution)
+
+    def project_(self) -> None:
+        """Project constrained parameters back after an optimizer step (the decision layer's gate ``tau >= 0``)."""
+        project = getattr(self.qp, "project_", None)
+        if project is not None:
+            project()

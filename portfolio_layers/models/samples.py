@@ -1,10 +1,13 @@
 """Training samples: rolling decision windows cut from one block of history, never looking past its end.
 
 A sample is a decision at row ``t`` of the block: the feature window ``t-T+1 .. t``, the sample covariance
-of the returns ``t-W+1 .. t`` (annualised), the realised returns ``t+1 .. t+H`` that the loss is scored on
-and, for the trading cost, the same inputs at the previous rebalance row ``t-k`` and the returns
-``t-k+1 .. t`` over which those weights drift. Only rows with all of these inside the block are samples,
-so a model fitted on a block never sees a row after the block's last row.
+of the returns ``t-W+1 .. t`` (annualised) and the realised returns ``t+1 .. t+H`` that the loss is scored on.
+For the trading cost it also holds a *chain* of decisions at the rebalance rows ``d_j = t - (K - j) k``,
+``j = 0 .. K`` (``k`` the rebalance period, ``K`` the chain length, ``d_K = t``): their inputs, the returns
+``d_j+1 .. d_j+H`` each is scored on, and the returns ``d_j+1 .. d_{j+1}`` over which decision ``j``'s weights
+drift into decision ``j+1``'s previous weights. Decision ``d_0`` only starts the chain (training computes it
+without gradient and without previous weights). Only rows with all of these inside the block are samples, so
+a model fitted on a block never sees a row after the block's last row.
 """
 
 from __future__ import annotations
@@ -56,18 +59,24 @@ class Batch:
         Annualised sample covariance of the last ``W`` returns (times ``periods_per_year``).
     future : Tensor of shape (batch, H, n)
         Realised simple returns of the ``H`` rows after the decision.
-    prev_x, prev_cov : Tensors of shapes (batch, T, n, F) and (batch, n, n), or None
-        The same inputs at the previous rebalance row (only when ``rebalance > 0``).
-    drift : Tensor of shape (batch, k, n) or None
-        Returns between the previous rebalance row and the decision row.
+    chain_x : Tensor of shape (batch, K + 1, T, n, F) or None
+        Inputs of the chain's decisions ``d_0 .. d_K`` (oldest first, ``d_K`` the decision row; only when
+        ``rebalance > 0``).
+    chain_cov : Tensor of shape (batch, K + 1, n, n) or None
+        Their sample covariances.
+    chain_future : Tensor of shape (batch, K, H, n) or None
+        Returns scored for decisions ``d_1 .. d_K`` (the last equals ``future``).
+    drift : Tensor of shape (batch, K, k, n) or None
+        ``drift[:, j]``: returns of rows ``d_j+1 .. d_{j+1}``, over which decision ``j`` drifts.
     """
 
     rows: Tensor
     x: Tensor
     sample_cov: Tensor
     future: Tensor
-    prev_x: Tensor | None = None
-    prev_cov: Tensor | None = None
+    chain_x: Tensor | None = None
+    chain_cov: Tensor | None = None
+    chain_future: Tensor | None = None
     drift: Tensor | None = None
 
 
@@ -88,7 +97,9 @@ class WindowData:
     horizon : int
         ``H``, future rows scored by the loss.
     rebalance : int
-        ``k``, rows between rebalances, used for the previous decision of the cost term; 0 disables it.
+        ``k``, rows between rebalances, used for the chain of decisions of the cost term; 0 disables it.
+    chain : int
+        ``K >= 1``, decisions of a sample's chain after the one that starts it (see the module docstring).
     dtype : torch.dtype
     periods_per_year : float
         Rows per year of the data (252 daily, 52 weekly, 12 monthly): annualises the sample covariance, and
@@ -104,6 +115,7 @@ class WindowData:
         cov_window: int,
         horizon: int,
         rebalance: int = 0,
+        chain: int = 1,
         dtype: torch.dtype = torch.float64,
         periods_per_year: float = PERIODS_PER_YEAR,
     ) -> None:
@@ -113,10 +125,10 @@ class WindowData:
                 f"expected features (rows, n, F) and returns (rows, n) with the same rows and assets, got "
                 f"{features.shape} and {returns.shape}"
             )
-        if window < 1 or cov_window < 2 or horizon < 1 or rebalance < 0:
+        if window < 1 or cov_window < 2 or horizon < 1 or rebalance < 0 or chain < 1:
             raise ShapeError(
-                f"need window >= 1, cov_window >= 2, horizon >= 1, rebalance >= 0; got {window}, "
-                f"{cov_window}, {horizon}, {rebalance}"
+                f"need window >= 1, cov_window >= 2, horizon >= 1, rebalance >= 0, chain >= 1; got {window}, "
+                f"{cov_window}, {horizon}, {rebalance}, {chain}"
             )
         finite_rows = np.isfinite(features).all(axis=(1, 2))
         nan_rows = np.flatnonzero(~finite_rows)
@@ -131,6 +143,7 @@ class WindowData:
         self.features = torch.as_tensor(np.nan_to_num(features), dtype=dtype)
         self.returns = torch.as_tensor(np.nan_to_num(returns), dtype=dtype)
         self.window, self.cov_window, self.horizon, self.rebalance = window, cov_window, horizon, rebalance
+        self.chain = chain
         self.periods_per_year = periods_per_year
 
     @property
@@ -138,9 +151,13 @@ class WindowData:
         return int(self.returns.shape[0])
 
     def first_row(self) -> int:
-        """First row at which a decision (and, with a cost, its previous decision) has all its inputs."""
+        """First row at which a decision (and, with a cost, its chain of decisions) has all its inputs."""
         first = max(self.warmup + self.window - 1, self.cov_window)
-        return first + self.rebalance
+        return first + self.rebalance * self.chain
+
+    def reach(self) -> int:
+        """Rows before a decision row whose returns its loss scores: ``(K - 1) k`` (0 without a chain)."""
+        return self.rebalance * (self.chain - 1)
 
     def decision_rows(self) -> np.ndarray:
         """All rows usable as training samples: inputs available and ``t + H`` inside the block."""
@@ -177,10 +194,15 @@ class WindowData:
                 f"decision rows must lie in [{self.first_row()}, {self.n_rows - self.horizon - 1}] "
                 "so that inputs and targets stay inside the block"
             )
-        x, cov = self._inputs(rows)
         future = self.returns[rows[:, None] + torch.arange(1, self.horizon + 1)]
         if not self.rebalance:
-            return Batch(rows, x, cov, future)
-        prev_x, prev_cov = self._inputs(rows - self.rebalance)
-        drift = self.returns[rows[:, None] + torch.arange(-self.rebalance + 1, 1)]
-        return Batch(rows, x, cov, future, prev_x, prev_cov, drift)
+            return Batch(rows, *self._inputs(rows), future)
+        K, k = self.chain, self.rebalance
+        decisions = rows[:, None] - k * torch.arange(K, -1, -1)  # (batch, K + 1): d_0 .. d_K
+        x_all, cov_all = self._inputs(decisions.reshape(-1))
+        chain_x = x_all.reshape(len(rows), K + 1, *x_all.shape[1:])
+        chain_cov = cov_all.reshape(len(rows), K + 1, *cov_all.shape[1:])
+        chain_future = self.returns[decisions[:, 1:, None] + torch.arange(1, self.horizon + 1)]
+        drift = self.returns[decisions[:, :-1, None] + torch.arange(1, k + 1)]
+        x, cov = chain_x[:, -1], chain_cov[:, -1]
+        return Batch(rows, x, cov, future, chain_x, chain_cov, chain_future, drift)

@@ -17,7 +17,6 @@ A checkpoint that cannot be read back is an error naming it (:mod:`~portfolio_la
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import warnings
@@ -32,10 +31,11 @@ import torch
 from portfolio_layers.errors import ConfigError, DataError
 from portfolio_layers.models.checkpoints import restore_fit, save_checkpoint
 from portfolio_layers.models.checks import check_fields, check_prices, number, previous_weights
-from portfolio_layers.models.encoders import ENCODERS, make_encoder
+from portfolio_layers.models.build import build_net, threads
+from portfolio_layers.models.encoders import ENCODERS
 from portfolio_layers.models.inputs import broadcast_features, exogenous_input
 from portfolio_layers.models.losses import PERIODS_PER_YEAR
-from portfolio_layers.models.model import E2ENet, portfolio_qp_layer
+from portfolio_layers.models.model import E2ENet
 from portfolio_layers.models.samples import WindowData
 from portfolio_layers.models.training import TrainConfig, TrainHistory, train
 from portfolio_layers.qp import Status as QPStatus
@@ -46,22 +46,8 @@ _DTYPES = {"float64": torch.float64, "float32": torch.float32}
 FEATURE_CLIP = 5.0
 
 
-@contextlib.contextmanager
-def _threads(n: int | None):
-    """Set torch's intra-op thread count for a block, then restore it."""
-    if n is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 #: Training settings of :class:`E2EPortfolio` when none are given; a ``train`` mapping replaces some of them.
-E2E_TRAIN = TrainConfig(epochs=8, patience=3, stride=2, cost_bps=10.0)
+E2E_TRAIN = TrainConfig(epochs=8, patience=3, stride=2, cost_bps=10.0, chain=4)
 
 
 def _run_setting(default: object, **accepted: object) -> dataclasses.Field:
@@ -122,6 +108,15 @@ class E2EPortfolio:
         Per-asset cap of the QP.
     turnover_limit : float, optional
         Bound on ``sum |w - w_prev|`` in the QP; ``w_prev`` is the ``current`` of :meth:`weights`.
+    decision_cost : float
+        Initial learned multiplier of the QP's trading cost ``kappa |w - w_prev|_1``, ``kappa`` being
+        ``train.cost_bps / 1e4 * periods_per_year / rebalance`` times it (0 drops the term); see
+        :mod:`~portfolio_layers.models.decision`.
+    prior : bool
+        The QP's gated prior at equal weight (off: the plain mean-variance problem with costs).
+    prior_gate : float, optional
+        Initial gate ``tau >= 0`` of the prior; default 0 (exactly equal weight until trained) for a backtest
+        loss and ``models.build.PTO_PRIOR`` (fixed: it is never trained) for ``loss="mse"``.
     refit_epochs : int
         Epoch budget of each later fit (warm-started from the previous parameters; ``0`` re-trains from
         scratch with ``train.epochs`` every time).
@@ -163,6 +158,9 @@ class E2EPortfolio:
     return_scale: float = number(0.01, low=0, low_open=True)
     max_weight: float | None = number(None, low=0, high=1, low_open=True, optional=True)
     turnover_limit: float | None = number(None, low=0, optional=True)
+    decision_cost: float = number(1.0, low=0)
+    prior: bool = True
+    prior_gate: float | None = number(None, low=0, optional=True)
     refit_epochs: int = number(3, integer=True, low=0)
     dtype: str = "float64"
     encoder_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
@@ -245,6 +243,7 @@ class E2EPortfolio:
             cov_window=self.cov_window,
             horizon=self.horizon,
             rebalance=rebalance,
+            chain=1 if self.train.loss == "mse" else self.train.chain,
             dtype=_DTYPES[self.dtype],
             periods_per_year=self.periods_per_year,
         )
@@ -252,26 +251,7 @@ class E2EPortfolio:
     # -- model --------------------------------------------------------------------------------------
 
     def _build(self, n_assets: int, n_features: int) -> E2ENet:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.train.seed)
-            encoder = make_encoder(self.encoder, n_features, self.d_model, **self.encoder_options)
-            qp_layer = portfolio_qp_layer(
-                n_assets,
-                max_weight=self.max_weight,
-                turnover_limit=self.turnover_limit,
-            )
-            net = E2ENet(
-                encoder,
-                self.d_model,
-                qp_layer,
-                n_factors=self.n_factors,
-                blend_sample_cov=self.blend_sample_cov,
-                blend_init=self.blend_init,
-                risk_aversion=self.risk_aversion,
-                return_scale=self.return_scale,
-                learn_risk_aversion=self.learn_risk_aversion,
-            )
-        return net.to(_DTYPES[self.dtype])
+        return build_net(self, n_assets, n_features, _DTYPES[self.dtype])
 
     def fit(self, prices: pd.DataFrame, features: pd.DataFrame | None = None) -> E2EPortfolio:
         """Train on these price rows only (the training window); later calls continue training.
@@ -289,7 +269,7 @@ class E2EPortfolio:
         -------
         self
         """
-        with _threads(self.num_threads):
+        with threads(self.num_threads):
             return self._fit(prices, features)
 
     def _fit(self, prices: pd.DataFrame, exogenous: pd.DataFrame | None = None) -> E2EPortfolio:
@@ -366,7 +346,7 @@ class E2EPortfolio:
         ndarray of shape (n,)
             Long-only weights summing to 1.
         """
-        with _threads(self.num_threads):
+        with threads(self.num_threads):
             return self._weights(prices, current, features)
 
     def _weights(

@@ -8,6 +8,7 @@ validation loss is kept. Everything random comes from ``TrainConfig.seed`` throu
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -21,7 +22,7 @@ from tqdm.auto import tqdm
 from portfolio_layers.deq import Status as DEQStatus
 from portfolio_layers.errors import ConfigError, DataError
 from portfolio_layers.models.checks import MAX_SEED, check_fields, number
-from portfolio_layers.models.losses import LOSSES, PERIODS_PER_YEAR, mse_loss, portfolio_loss
+from portfolio_layers.models.losses import LOSSES, PERIODS_PER_YEAR, mse_loss, portfolio_returns, returns_loss
 from portfolio_layers.models.samples import Batch, WindowData, drift_weights
 from portfolio_layers.qp import Status as QPStatus
 
@@ -58,6 +59,11 @@ class TrainConfig:
         Keep every ``stride``-th decision row as a sample.
     cost_bps : float
         Trading cost of the loss, against the model's own previous weights drifted to the decision row.
+    chain : int
+        ``K``, consecutive rebalances per sample with a cost (or a turnover limit): decision ``j`` sees decision
+        ``j-1`` drifted to its row, with gradient through it, so that the loss sees the turnover the backtest
+        charges; the chain is started by one more decision computed without gradient (truncated backpropagation
+        through the rebalances). ``K = 1`` is a single decision after that starting one.
     risk_aversion : float
         Risk aversion of the ``"utility"`` loss.
     aux_mse : float
@@ -81,6 +87,7 @@ class TrainConfig:
     patience: int = number(4, integer=True, low=0)
     stride: int = number(1, integer=True, low=0, low_open=True)
     cost_bps: float = number(0.0, low=0)
+    chain: int = number(1, integer=True, low=0, low_open=True)
     risk_aversion: float = number(5.0, low=0)
     aux_mse: float = number(0.0, low=0)
     jacobian_weight: float = number(0.0, low=0)
@@ -183,16 +190,16 @@ def _diagnostics(out, grad_norm: float) -> dict:
 def batch_loss(
     net: nn.Module, batch: Batch, config: TrainConfig, *, periods_per_year: float = PERIODS_PER_YEAR
 ) -> tuple[Tensor, object]:
-    """Loss of ``net`` on one batch, and the network output (for diagnostics).
+    """Loss of ``net`` on one batch, and the network output of the last decision (for diagnostics).
 
     ``periods_per_year`` (rows per year of the data) annualises the loss, as in
     :func:`~portfolio_layers.models.losses.portfolio_loss`.
 
-    With a cost (``cost_bps > 0``) or a turnover limit in the network, the previous weights are the network's
-    own decision at the previous rebalance row, drifted to the decision row. Two simplifications against the
-    walk-forward: that previous decision is computed without gradient (the loss sees ``w_t`` as a function
-    of the parameters but treats ``w_{t-k}`` as given, so the pull toward low turnover is understated), and
-    it is itself solved without previous weights (a turnover limit then binds against ``1/n``).
+    With a cost (``cost_bps > 0``) or a network that uses previous weights, each sample is a chain of
+    decisions (:class:`~portfolio_layers.models.samples.Batch`): ``d_0`` is decided without previous weights and
+    without gradient; each of ``d_1 .. d_K`` sees the decision before it drifted to its row (with gradient), is
+    charged the cost of its trade and scored on its ``H`` rows, and the loss is taken over the ``K H`` net
+    returns together, as the engine would compute them. Without a cost the sample is its last decision alone.
     """
     if config.loss == "mse":
         out = net.predict(batch.x, batch.sample_cov)
@@ -204,27 +211,97 @@ def batch_loss(
         loss = mse_loss(out.mu, batch.future, periods_per_year=periods_per_year)
         loss = loss + (out.cov - realised).square().mean()
         return loss, out
-    previous = None
-    if batch.prev_x is not None and (config.cost_bps > 0 or getattr(net, "needs_previous", False)):
-        with torch.no_grad():
-            before = net(batch.prev_x, batch.prev_cov).weights
-        previous = drift_weights(before, batch.drift)
-    out = net(batch.x, batch.sample_cov, previous)
-    loss = portfolio_loss(
-        config.loss,
-        out.weights,
-        batch.future,
-        previous,
-        cost_bps=config.cost_bps,
-        risk_aversion=config.risk_aversion,
-        periods_per_year=periods_per_year,
+    if batch.chain_x is not None and chained(net, config):
+        returns, mu, future, out = chain_returns(net, batch, config.cost_bps)
+    else:
+        out = net(batch.x, batch.sample_cov)
+        returns = portfolio_returns(out.weights, batch.future, None, config.cost_bps)
+        mu, future = out.mu, batch.future
+    loss = returns_loss(
+        config.loss, returns, risk_aversion=config.risk_aversion, periods_per_year=periods_per_year
     )
     if config.aux_mse:
-        loss = loss + config.aux_mse * mse_loss(out.mu, batch.future, periods_per_year=periods_per_year)
+        loss = loss + config.aux_mse * mse_loss(mu, future, periods_per_year=periods_per_year)
     jacobian = getattr(getattr(out, "deq", None), "jacobian_loss", None)
     if config.jacobian_weight and jacobian is not None:
         loss = loss + config.jacobian_weight * jacobian
     return loss, out
+
+
+def chained(net: nn.Module, config: TrainConfig) -> bool:
+    """Whether the samples are scored as chains of decisions: a backtest loss with a cost, or a network that
+    uses previous weights."""
+    return config.loss != "mse" and (config.cost_bps > 0 or bool(getattr(net, "needs_previous", False)))
+
+
+def chain_returns(net: nn.Module, batch: Batch, cost_bps: float) -> tuple[Tensor, Tensor, Tensor, object]:
+    """Net returns of a chain of consecutive decisions, each seeing the previous one drifted (with gradient).
+
+    Parameters
+    ----------
+    net : nn.Module
+        ``net(x, cov, previous)``; with ``predict`` and ``decide`` (as :class:`E2ENet`) the encoder runs once
+        over the whole chain.
+    batch : Batch
+        With ``chain_x (batch, K+1, T, n, F)``, ``chain_cov``, ``chain_future (batch, K, H, n)``, ``drift``.
+    cost_bps : float
+        Cost of each trade, on the first row after it.
+
+    Returns
+    -------
+    returns : Tensor of shape (batch, K * H)
+        Net returns of decisions ``d_1 .. d_K`` one after the other.
+    mu : Tensor of shape (batch * K, n)
+        Return forecasts of ``d_1 .. d_K``.
+    future : Tensor of shape (batch * K, H, n)
+        Their realised returns.
+    out : NetOutput
+        Output of the last decision (its ``deq`` is that of the whole chain when the encoder ran once).
+    """
+    B, K1 = batch.chain_x.shape[:2]
+    K = K1 - 1
+    flat = batch.chain_x.reshape(B * K1, *batch.chain_x.shape[2:])
+    covs = batch.chain_cov.reshape(B * K1, *batch.chain_cov.shape[2:])
+    shared = hasattr(net, "decide") and hasattr(net, "predict")
+    if shared:
+        pred = net.predict(flat, covs)
+        steps = [
+            dataclasses.replace(
+                pred,
+                mu=pred.mu.reshape(B, K1, -1)[:, j],
+                cov=pred.cov.reshape(B, K1, *pred.cov.shape[1:])[:, j],
+            )
+            for j in range(K1)
+        ]
+
+        def decide(j: int, previous: Tensor | None) -> object:
+            return net.decide(steps[j], previous)
+
+    else:
+
+        def decide(j: int, previous: Tensor | None) -> object:
+            return net(batch.chain_x[:, j], batch.chain_cov[:, j], previous)
+
+    with torch.no_grad():
+        if shared:
+            first = net.decide(
+                dataclasses.replace(steps[0], mu=steps[0].mu.detach(), cov=steps[0].cov.detach()), None
+            ).weights
+        else:
+            first = decide(0, None).weights
+    previous = drift_weights(first, batch.drift[:, 0])
+    returns, mus = [], []
+    for j in range(1, K1):
+        out = decide(j, previous)
+        returns.append(portfolio_returns(out.weights, batch.chain_future[:, j - 1], previous, cost_bps))
+        mus.append(out.mu)
+        if j < K:
+            previous = drift_weights(out.weights, batch.drift[:, j])
+    if shared:
+        out = dataclasses.replace(out, deq=pred.deq)
+    mu = torch.stack(mus, 1).reshape(B * K, -1)
+    future = batch.chain_future.reshape(B * K, *batch.chain_future.shape[2:])
+    return torch.cat(returns, 1), mu, future, out
 
 
 def _evaluate(net: nn.Module, data: WindowData, rows: np.ndarray, config: TrainConfig) -> float:
@@ -259,8 +336,15 @@ def train(
     TrainHistory
     """
     start = time.perf_counter()
+    if data.rebalance and chained(net, config) and data.chain != config.chain:
+        raise ConfigError(
+            f"the samples hold chains of {data.chain} decisions but TrainConfig.chain is {config.chain}; build "
+            f"WindowData with chain={config.chain}"
+        )
     rows = data.decision_rows()[:: config.stride]
-    train_rows, val_rows = split_rows(rows, config.val_fraction, data.horizon)
+    # a chained sample's loss scores the rows of its whole chain: the purge covers the chain's reach too
+    reach = data.reach() if data.rebalance and chained(net, config) else 0
+    train_rows, val_rows = split_rows(rows, config.val_fraction, data.horizon + reach)
     if len(train_rows) < 2:
         raise DataError(
             f"only {len(train_rows)} training samples in a block of {data.n_rows} rows (warm-up "
@@ -329,6 +413,9 @@ def _train_loop(
             diag["skipped_steps"] = int(not (finite and solved))
             if not diag["skipped_steps"]:
                 optimizer.step()
+                project = getattr(net, "project_", None)
+                if project is not None:  # e.g. the decision layer's gate tau >= 0
+                    project()
                 losses.append(float(loss.detach()))
             epoch_diag.append(diag)
         net.eval()

@@ -55,7 +55,7 @@ def test_samples_stay_inside_the_block_and_match_the_arrays(market):
     batch = data.batch(rows[[0, -1]])
     returns = market.pct_change().to_numpy()
     np.testing.assert_allclose(batch.future[1].numpy(), returns[rows[-1] + 1 : rows[-1] + 11])
-    np.testing.assert_allclose(batch.drift[0].numpy(), returns[rows[0] - 4 : rows[0] + 1])
+    np.testing.assert_allclose(batch.drift[0, 0].numpy(), returns[rows[0] - 4 : rows[0] + 1])
     np.testing.assert_allclose(batch.x[0, -1].numpy(), trailing_features(market)[rows[0]])
     np.testing.assert_allclose(
         batch.sample_cov[0].numpy(), np.cov(returns[rows[0] - 19 : rows[0] + 1].T) * 252, rtol=1e-10

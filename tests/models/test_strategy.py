@@ -27,6 +27,7 @@ CHANGED = {
     "patience": 5,
     "stride": 1,
     "cost_bps": 5.0,
+    "chain": 2,
     "risk_aversion": 3.0,
     "aux_mse": 0.5,
     "jacobian_weight": 0.2,

@@ -1,0 +1,76 @@
+"""Building the network of an :class:`~portfolio_layers.models.strategy.E2EPortfolio` (kept apart from the
+strategy's data and fitting code): encoder, heads and the turnover-aware decision layer."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING
+
+import torch
+
+from portfolio_layers.models.decision import DecisionLayer, cost_per_year
+from portfolio_layers.models.encoders import make_encoder
+from portfolio_layers.models.model import E2ENet
+
+if TYPE_CHECKING:
+    from portfolio_layers.models.strategy import E2EPortfolio
+
+__all__ = ["PTO_PRIOR", "build_net", "prior_init", "threads"]
+
+#: Gate ``tau`` of the prior at equal weight for the two-stage ``loss="mse"`` model, which cannot learn it
+#: (its training never solves the QP); chosen on the development period (see backtests/results).
+PTO_PRIOR = 1.0
+
+
+def prior_init(model: E2EPortfolio) -> float:
+    """The initial gate ``tau`` of the prior: ``model.prior_gate``, or 0 (an end-to-end model starts at equal
+    weight and learns ``tau``), or :data:`PTO_PRIOR` for ``loss="mse"``."""
+    if model.prior_gate is not None:
+        return float(model.prior_gate)
+    return PTO_PRIOR if model.train.loss == "mse" else 0.0
+
+
+def build_net(model: E2EPortfolio, n_assets: int, n_features: int, dtype: torch.dtype) -> E2ENet:
+    """The network of ``model`` for ``n_assets`` assets and ``n_features`` features, seeded by its seed.
+
+    The decision layer's cost is ``cost_per_year(train.cost_bps, periods_per_year, rebalance)`` times the learned
+    multiplier (initially ``decision_cost``; 0 drops the term).
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(model.train.seed)
+        encoder = make_encoder(model.encoder, n_features, model.d_model, **model.encoder_options)
+        layer = DecisionLayer(
+            n_assets,
+            max_weight=model.max_weight,
+            turnover_limit=model.turnover_limit,
+            cost=cost_per_year(model.train.cost_bps, model.periods_per_year, model.rebalance),
+            cost_multiplier=model.decision_cost,
+            prior=model.prior,
+            prior_init=prior_init(model),
+        )
+        net = E2ENet(
+            encoder,
+            model.d_model,
+            layer,
+            n_factors=model.n_factors,
+            blend_sample_cov=model.blend_sample_cov,
+            blend_init=model.blend_init,
+            risk_aversion=model.risk_aversion,
+            return_scale=model.return_scale,
+            learn_risk_aversion=model.learn_risk_aversion,
+        )
+    return net.to(dtype)
+
+
+@contextlib.contextmanager
+def threads(n: int | None):
+    """Set torch's intra-op thread count for a block, then restore it."""
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
