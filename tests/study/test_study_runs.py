@@ -81,9 +81,10 @@ def test_a_failing_task_is_reported_and_the_others_finish(tmp_path):
     assert not (tmp_path / "runs" / "e2e-seed0").exists()
     assert "Traceback" in (tmp_path / "errors" / "e2e-seed0.txt").read_text()
     assert "- e2e-seed0" in (tmp_path / "summary.md").read_text()
-    # fixed and started again, the failed task runs, its error file goes
-    fixed = run_study(SMALL.override(params={}), [0], SerialExecutor(), tmp_path / "x", progress=False)
-    assert not fixed.failed
+    # fixed and started again, only the failed task runs, and its error file goes
+    fixed = run_study(SMALL, [0], SerialExecutor(), tmp_path, progress=False)
+    assert [o.run_id for o in fixed.outcomes] == ["e2e-seed0"] and not fixed.failed
+    assert not (tmp_path / "errors" / "e2e-seed0.txt").exists()
 
 
 def _same_runs(out, reference):
