@@ -16,7 +16,8 @@ from pathlib import Path
 import pandas as pd
 
 from portfolio_layers.backtest import BacktestConfig
-from portfolio_layers.backtest.metrics import sharpe, sharpe_difference_test
+from portfolio_layers.backtest.metrics import sharpe
+from portfolio_layers.backtest.sharpe_tests import sharpe_difference_test
 from portfolio_layers.data.frequency import resolve_periods_per_year
 from portfolio_layers.study.summary import mean_std, p_range
 

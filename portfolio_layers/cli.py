@@ -316,8 +316,8 @@ def _header(
 
 def _backtest(args: argparse.Namespace) -> int:
     from portfolio_layers.backtest.engine import prepare_prices, run_backtest
-    from portfolio_layers.backtest.metrics import DEFAULT_BLOCK_LENGTH, DEFAULT_N_BOOT
     from portfolio_layers.backtest.output import check_out_dir, save_result
+    from portfolio_layers.backtest.sharpe_tests import DEFAULT_BLOCK_LENGTH, DEFAULT_N_BOOT
     from portfolio_layers.data.exogenous import load_features
     from portfolio_layers.data.loaders import load_prices
     from portfolio_layers.registry import build_strategies, strategy_parameters

@@ -146,7 +146,8 @@ class StatusCode(enum.IntEnum):
         errors = {c.error or SolverError for c in codes}
         error = errors.pop() if len(errors) == 1 else SolverError
         text = f"{where} failed: " + "; ".join(cls.describe(status))
-        raise error(" ".join(t for t in (text + ("." if not text.endswith(".") else ""), detail, hint) if t), idx)
+        text += "" if text.endswith(".") else "."
+        raise error(" ".join(t for t in (text, detail, hint) if t), idx)
 
 
 def format_indices(idx: Sequence[tuple[int, ...]], limit: int = 10) -> str:

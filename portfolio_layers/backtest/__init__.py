@@ -9,13 +9,9 @@ from __future__ import annotations
 
 from portfolio_layers.backtest.config import BacktestConfig, default_config
 from portfolio_layers.backtest.engine import run_backtest
-from portfolio_layers.backtest.metrics import (
-    METRIC_NAMES,
-    SharpeTest,
-    compute_metrics,
-    sharpe_difference_test,
-)
+from portfolio_layers.backtest.metrics import METRIC_NAMES, compute_metrics
 from portfolio_layers.backtest.result import BacktestResult
+from portfolio_layers.backtest.sharpe_tests import SharpeTest, sharpe_difference_test
 from portfolio_layers.backtest.splits import Step, walk_forward
 from portfolio_layers.backtest.strategies import Strategy
 

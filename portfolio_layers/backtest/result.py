@@ -13,11 +13,11 @@ from typing import Any
 import pandas as pd
 
 from portfolio_layers.backtest.config import BacktestConfig
-from portfolio_layers.backtest.metrics import (
+from portfolio_layers.backtest.metrics import drawdowns
+from portfolio_layers.backtest.sharpe_tests import (
     DEFAULT_BLOCK_LENGTH,
     DEFAULT_N_BOOT,
     MIN_OBS_LEDOIT_WOLF,
-    drawdowns,
     sharpe_difference_test,
 )
 from portfolio_layers.errors import ConfigError
@@ -100,7 +100,7 @@ class BacktestResult:
         studentized circular block bootstrap, valid for heavy-tailed and autocorrelated returns;
         ``lw_settings`` says how it ran (block length, resamples, seed, HAC bandwidth). A pair with fewer than
         ``max(MIN_OBS_LEDOIT_WOLF, 2 * block_length)`` returns gets NaN there. See
-        :func:`~portfolio_layers.backtest.metrics.sharpe_difference_test`.
+        :func:`~portfolio_layers.backtest.sharpe_tests.sharpe_difference_test`.
 
         Parameters
         ----------

@@ -24,8 +24,9 @@ import numpy as np
 import pandas as pd
 
 from portfolio_layers.atomic import atomic_write_text
-from portfolio_layers.backtest.metrics import METRIC_NAMES, sharpe_difference_test
+from portfolio_layers.backtest.metrics import METRIC_NAMES
 from portfolio_layers.backtest.output import safe_name
+from portfolio_layers.backtest.sharpe_tests import sharpe_difference_test
 from portfolio_layers.data.frequency import resolve_periods_per_year
 from portfolio_layers.study.spec import Task
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from portfolio_layers.backtest import metrics as M
+from portfolio_layers.backtest import sharpe_tests as S
 from portfolio_layers.errors import ConfigError, InputError
 
 
@@ -60,14 +61,14 @@ def test_sharpe_difference_by_formula_and_symmetry():
     rng = np.random.default_rng(0)
     a = rng.normal(0.001, 0.01, 500)
     b = 0.5 * a + rng.normal(0.0, 0.01, 500)
-    t = M.sharpe_difference_test(a, b)
+    t = S.sharpe_difference_test(a, b)
     s_a, s_b = a.mean() / a.std(ddof=1), b.mean() / b.std(ddof=1)
     assert t.z == pytest.approx((s_a - s_b) / math.sqrt(_memmel_variance(a, b)))
     assert t.p_value == pytest.approx(math.erfc(abs(t.z) / math.sqrt(2)))
     assert t.sharpe_a == pytest.approx(M.sharpe(a)) and t.n_obs == 500
-    back = M.sharpe_difference_test(b, a)
+    back = S.sharpe_difference_test(b, a)
     assert back.z == pytest.approx(-t.z) and back.p_value == pytest.approx(t.p_value)
-    same = M.sharpe_difference_test(a, a)
+    same = S.sharpe_difference_test(a, a)
     assert same.z == 0.0 and same.p_value == 1.0
 
 
@@ -84,7 +85,7 @@ def test_sharpe_difference_variance_matches_monte_carlo_and_size_is_right():
         a, b = x[:, 0], x[:, 1]
         diffs.append(a.mean() / a.std(ddof=1) - b.mean() / b.std(ddof=1))
         variances.append(_memmel_variance(a, b))
-        rejections += M.sharpe_difference_test(a, b).p_value < 0.05
+        rejections += S.sharpe_difference_test(a, b).p_value < 0.05
     assert np.var(diffs) == pytest.approx(np.mean(variances), rel=0.12)
     assert 0.03 <= rejections / sims <= 0.075
 
@@ -93,11 +94,11 @@ def test_sharpe_difference_detects_a_real_difference_and_rejects_bad_input():
     rng = np.random.default_rng(2)
     a = rng.normal(0.002, 0.01, 2000)
     b = rng.normal(0.0, 0.01, 2000)
-    assert M.sharpe_difference_test(a, b).p_value < 0.01
+    assert S.sharpe_difference_test(a, b).p_value < 0.01
     with pytest.raises(InputError, match="paired"):
-        M.sharpe_difference_test(a, b[:-1])
+        S.sharpe_difference_test(a, b[:-1])
     with pytest.raises(InputError, match="constant"):
-        M.sharpe_difference_test(a, np.full(2000, 0.001))
+        S.sharpe_difference_test(a, np.full(2000, 0.001))
 
 
 def test_periods_are_passed_through_and_validated():
@@ -108,16 +109,16 @@ def test_periods_are_passed_through_and_validated():
     assert weekly["annual_volatility"] == pytest.approx(r.std(ddof=1) * math.sqrt(52))
     assert weekly["calmar"] == pytest.approx(M.annual_return(r, 52) / M.max_drawdown(r))
     assert M.compute_metrics(r, [1.0, 0.2], periods=252.0) == M.compute_metrics(r, [1.0, 0.2])
-    test = M.sharpe_difference_test(r, 0.5 * r + rng.normal(0, 0.01, 300), periods=12)
+    test = S.sharpe_difference_test(r, 0.5 * r + rng.normal(0, 0.01, 300), periods=12)
     assert test.sharpe_a == pytest.approx(M.sharpe(r, periods=12))
     for bad in (0, -1, math.nan, math.inf, True, "252"):
         with pytest.raises(InputError, match="periods"):
             M.compute_metrics(r, periods=bad)
         with pytest.raises(InputError, match="periods"):
-            M.sharpe_difference_test(r, r[::-1], periods=bad)
+            S.sharpe_difference_test(r, r[::-1], periods=bad)
 
 
-@pytest.mark.parametrize("method", M.SHARPE_TEST_METHODS)
+@pytest.mark.parametrize("method", S.SHARPE_TEST_METHODS)
 @pytest.mark.parametrize("seed", [1, 2])
 def test_series_identical_up_to_rounding_are_not_different(method, seed):
     # the case: equal weight computed two ways (a matrix product, a sum of products) differs by
@@ -129,7 +130,7 @@ def test_series_identical_up_to_rounding_are_not_different(method, seed):
     strategy = (asset_returns * weights).sum(axis=1)
     assert not np.array_equal(strategy, benchmark)
     for a, b in ((strategy, benchmark), (3.0 * benchmark, benchmark)):  # b a multiple of a: same Sharpe
-        test = M.sharpe_difference_test(a, b, method=method, n_boot=99)
+        test = S.sharpe_difference_test(a, b, method=method, n_boot=99)
         assert test.z == 0.0 and test.p_value == 1.0 and test.settings == "identical up to rounding"
         assert abs(test.difference) < 1e-12
 
@@ -137,7 +138,7 @@ def test_series_identical_up_to_rounding_are_not_different(method, seed):
 def test_a_constant_excess_return_is_a_difference_not_rounding():
     rng = np.random.default_rng(5)
     b = rng.normal(0.0, 0.01, 500)
-    test = M.sharpe_difference_test(b + 1e-4, b)
+    test = S.sharpe_difference_test(b + 1e-4, b)
     assert math.isfinite(test.z) and test.z > 0 and test.p_value < 0.01
 
 
@@ -160,7 +161,7 @@ def _null_pairs(rng, sims, n, *, shift=0.0, phi=0.2, df=5, corr=0.5, sharpe=0.05
 
 def _rejection_rate(a, b, method, **options):
     rejected = [
-        M.sharpe_difference_test(a[i], b[i], method=method, seed=i, **options).p_value < 0.05
+        S.sharpe_difference_test(a[i], b[i], method=method, seed=i, **options).p_value < 0.05
         for i in range(a.shape[0])
     ]
     return float(np.mean(rejected))
@@ -190,8 +191,8 @@ def test_ledoit_wolf_power_and_agreement_with_jobson_korkie_on_iid_data():
     rng = np.random.default_rng(9)
     x = rng.normal(0.001, 0.01, 5000)
     y = 0.5 * x + rng.normal(0.0005, 0.01, 5000)
-    jk = M.sharpe_difference_test(x, y)
-    hac = M.sharpe_difference_test(x, y, method="ledoit_wolf_hac")
+    jk = S.sharpe_difference_test(x, y)
+    hac = S.sharpe_difference_test(x, y, method="ledoit_wolf_hac")
     assert hac.z == pytest.approx(jk.z, rel=0.1)  # iid normal data: both standard errors are consistent
     assert (hac.sharpe_a, hac.difference, hac.n_obs) == (jk.sharpe_a, jk.difference, jk.n_obs)
 
@@ -200,12 +201,12 @@ def test_ledoit_wolf_bootstrap_is_reproducible_and_reports_its_settings():
     rng = np.random.default_rng(10)
     x = rng.normal(0.001, 0.01, 300)
     y = 0.3 * x + rng.normal(0.0, 0.01, 300)
-    first = M.sharpe_difference_test(x, y, method="ledoit_wolf_bootstrap", n_boot=199, seed=3)
-    again = M.sharpe_difference_test(x, y, method="ledoit_wolf_bootstrap", n_boot=199, seed=3)
+    first = S.sharpe_difference_test(x, y, method="ledoit_wolf_bootstrap", n_boot=199, seed=3)
+    again = S.sharpe_difference_test(x, y, method="ledoit_wolf_bootstrap", n_boot=199, seed=3)
     assert first == again and first.method == "ledoit_wolf_bootstrap"
     assert first.settings.startswith("circular blocks of 5, 199 resamples, seed 3")
     assert first.p_value * 200 == pytest.approx(round(first.p_value * 200))  # (1 + count) / (M + 1)
-    hac = M.sharpe_difference_test(x, y, method="ledoit_wolf_hac")
+    hac = S.sharpe_difference_test(x, y, method="ledoit_wolf_hac")
     assert hac.z == first.z and "QS kernel" in hac.settings
 
 
@@ -213,9 +214,9 @@ def test_sharpe_test_options_are_checked():
     x = np.random.default_rng(11).normal(0.0, 0.01, 50)
     y = x[::-1].copy()
     with pytest.raises(ConfigError, match="unknown Sharpe-difference test 'memmel'"):
-        M.sharpe_difference_test(x, y, method="memmel")
+        S.sharpe_difference_test(x, y, method="memmel")
     for bad in ({"block_length": 0}, {"block_length": 2.5}, {"n_boot": 0}, {"block_length": 30}):
         with pytest.raises(ConfigError, match="block_length|n_boot"):
-            M.sharpe_difference_test(x, y, method="ledoit_wolf_bootstrap", **bad)
+            S.sharpe_difference_test(x, y, method="ledoit_wolf_bootstrap", **bad)
     with pytest.raises(InputError, match="at least 10 paired returns"):
-        M.sharpe_difference_test(x[:8], y[:8], method="ledoit_wolf_hac")
+        S.sharpe_difference_test(x[:8], y[:8], method="ledoit_wolf_hac")

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 from study_helpers import SMALL, SerialExecutor
 
-from portfolio_layers.backtest.metrics import METRIC_NAMES, sharpe_difference_test
+from portfolio_layers.backtest.metrics import METRIC_NAMES
+from portfolio_layers.backtest.sharpe_tests import sharpe_difference_test
 from portfolio_layers.errors import ConfigError
 from portfolio_layers.study.executors import LocalExecutor, RayExecutor
 from portfolio_layers.study.runner import run_study
