@@ -1,10 +1,12 @@
 """The E2E-DRO decision layers: forward against cvxpy + Clarabel, gradients against finite differences.
 
 Tolerances: the nominal layer (this package's interior point, tol 1e-10) agrees with Clarabel to 1e-7 and
-its gradients with central differences to rtol 1e-5. The DRO layers are conic solves (Clarabel through
-diffcp, gap tolerance 1e-11 on unit-scaled errors): weights to 1e-6, optimal values to 1e-6 relative,
-directional derivatives (solver tolerance 1e-13) to rtol 2e-3 + atol 2e-5 against central differences
-with step 1e-3 (atol: the differences' noise, weights accurate to ~1e-8, divided by the step).
+its gradients with central differences to rtol 1e-5. The DRO layers: the native backend (batched interior
+point, tol 1e-10, implicit backward) is checked against the primal worst case (values to 1e-6 relative),
+against the cvxpylayers reference (weights to 1e-6, gradients to 1e-4 relative per input) and by
+gradcheck (float64, n = 4, N = 8, eps 1e-6, atol 1e-5, rtol 1e-4). The reference (Clarabel through
+diffcp, gap tolerance 1e-11 on unit-scaled errors) has its directional derivatives (solver tolerance
+1e-13) checked to rtol 2e-3 + atol 2e-5 against central differences with step 1e-3.
 """
 
 from __future__ import annotations
@@ -27,6 +29,15 @@ from portfolio_layers.models.dro import (
 AMBIGUITY = ["hellinger", "tv"]
 DELTA = {"hellinger": 0.05, "tv": 0.2}
 TIGHT = {"tol_gap_abs": 1e-13, "tol_gap_rel": 1e-13, "tol_feas": 1e-13, "max_iter": 400}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small batched solves: one thread avoids oversubscribing the shared cores (10x slower otherwise)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def problem(seed: int, B: int = 2, N: int = 24, n: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
@@ -197,7 +208,8 @@ def test_dro_with_delta_zero_is_nominal(amb: str) -> None:
 
 
 @pytest.mark.parametrize("amb", AMBIGUITY)
-def test_dro_gradients_match_finite_differences(amb: str) -> None:
+def test_cone_gradients_match_finite_differences(amb: str) -> None:
+    """The reference backend's gradients (the native ones are compared with them below)."""
     E, y = problem(7, B=2)
     gen = torch.Generator().manual_seed(3)
     w = torch.randn(2, 6, generator=gen, dtype=torch.float64)
@@ -205,10 +217,10 @@ def test_dro_gradients_match_finite_differences(amb: str) -> None:
     gamma = torch.tensor(0.3, dtype=torch.float64)
     delta = torch.tensor(DELTA[amb], dtype=torch.float64)
     E_, y_, g_, d_ = (t.clone().requires_grad_() for t in (E, y, gamma, delta))
-    (w * dro_layer(E_, y_, g_, d_, amb, solver_args=TIGHT)).sum().backward()
+    (w * dro_layer(E_, y_, g_, d_, amb, backend="cvxpylayers", solver_args=TIGHT)).sum().backward()
 
     def loss(e: torch.Tensor, yy: torch.Tensor, g: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-        return (w * dro_layer(e, yy, g, d, amb, solver_args=TIGHT)).sum()
+        return (w * dro_layer(e, yy, g, d, amb, backend="cvxpylayers", solver_args=TIGHT)).sum()
 
     one = torch.tensor(1.0, dtype=torch.float64)
     VE = torch.randn(E.shape, generator=gen, dtype=torch.float64) * 0.03
@@ -225,14 +237,125 @@ def test_dro_gradients_match_finite_differences(amb: str) -> None:
         assert analytic == pytest.approx(fd, rel=2e-3, abs=2e-5), name
 
 
+def _weights_and_grads(amb: str, backend: str, E, y, gamma, delta, w, **kw):
+    leaves = [t.clone().requires_grad_() for t in (E, y, gamma, delta)]
+    z = dro_layer(*leaves, amb, backend=backend, **kw)
+    return z.detach(), torch.autograd.grad((w * z).sum(), leaves)
+
+
+@pytest.mark.parametrize("amb", AMBIGUITY)
+def test_native_matches_cvxpylayers(amb: str) -> None:
+    """Weights to 1e-6 and gradients to 1e-4 (relative, per input) on random problems, mixed gamma/delta.
+
+    TV deltas avoid ``N delta / 2`` integer, where the TV risk has a kink in ``delta`` (the mass moved
+    off the smallest losses ends exactly on an atom) and the two backends pick different one-sided slopes.
+    """
+    gen = torch.Generator().manual_seed(11)
+    for seed, (N, n) in zip((12, 13), ((24, 6), (40, 8)), strict=True):
+        E, y = problem(seed, B=3, N=N, n=n)
+        gamma = torch.tensor([0.05, 0.3, 2.0], dtype=torch.float64)
+        delta = torch.tensor([0.013, 0.11, 0.43], dtype=torch.float64)
+        w = torch.randn(3, n, generator=gen, dtype=torch.float64)
+        z, grads = _weights_and_grads(amb, "native", E, y, gamma, delta, w)
+        z_ref, ref = _weights_and_grads(amb, "cvxpylayers", E, y, gamma, delta, w, solver_args=TIGHT)
+        torch.testing.assert_close(z, z_ref, atol=1e-6, rtol=0)
+        for name, got, want in zip(("errors", "y_hat", "gamma", "delta"), grads, ref, strict=True):
+            assert float((got - want).norm() / want.norm()) < 1e-4, name
+
+
+@pytest.mark.parametrize("amb", AMBIGUITY)
+def test_native_gradcheck(amb: str) -> None:
+    E, y = problem(14, B=1, N=8, n=4)
+    gamma = torch.tensor([0.5], dtype=torch.float64)
+    delta = torch.tensor([0.05 if amb == "hellinger" else 0.3], dtype=torch.float64)
+    inputs = [t.clone().requires_grad_() for t in (E, y, gamma, delta)]
+    assert torch.autograd.gradcheck(
+        lambda *a: dro_layer(*a, amb, solver_args={"tol": 1e-12}), inputs, eps=1e-6, atol=1e-5, rtol=1e-4
+    )
+
+
+@pytest.mark.parametrize("amb", AMBIGUITY)
+def test_native_batch_equals_loop_and_broadcasts(amb: str) -> None:
+    E, y = problem(15, B=3)
+    delta = torch.tensor([0.02, 0.37, 0.0], dtype=torch.float64)
+    z = dro_layer(E, y, 0.3, delta, amb)
+    for b in range(3):
+        torch.testing.assert_close(dro_layer(E[b], y[b], 0.3, delta[b], amb), z[b], atol=1e-9, rtol=0)
+    zs = dro_layer(E[0], y, torch.tensor(0.3, dtype=torch.float64), delta[0], amb)  # one error window
+    torch.testing.assert_close(zs[0], z[0], atol=1e-9, rtol=0)
+
+
+@pytest.mark.parametrize("amb", AMBIGUITY)
+def test_native_small_delta_approaches_nominal(amb: str) -> None:
+    E, y = problem(16, B=2)
+    nominal = nominal_layer(E, y, 0.3)
+    gaps = [float((dro_layer(E, y, 0.3, d, amb) - nominal).abs().max()) for d in (1e-2, 1e-4, 1e-6, 1e-8)]
+    assert all(a > b for a, b in zip(gaps, gaps[1:], strict=False)), gaps
+    # Hellinger: risk ~ mean + 2 sqrt(delta var), so the weights move like sqrt(delta); TV like delta
+    assert gaps[-1] < (1e-3 if amb == "hellinger" else 1e-6), gaps
+
+
+@pytest.mark.parametrize("amb", AMBIGUITY)
+def test_native_finite_over_delta_and_gamma_grid(amb: str) -> None:
+    """The iterates never leave the domain: finite weights and gradients from delta 1e-4 to 1.9."""
+    E, y = problem(17, B=1, N=30, n=6)
+    deltas = torch.tensor([1e-4, 1e-3, 1e-2, 0.1, 0.5, 1.0, 1.9], dtype=torch.float64)
+    for gamma in (0.0, 0.1, 1.0, 10.0):
+        d = deltas.clone().requires_grad_()
+        y_ = y.expand(7, 6).clone().requires_grad_()
+        z = dro_layer(E[0], y_, gamma, d, amb)
+        z.square().sum().backward()
+        assert bool(torch.isfinite(z).all() & torch.isfinite(d.grad).all() & torch.isfinite(y_.grad).all())
+        assert bool((z > -1e-9).all()) and float((z.sum(-1) - 1).abs().max()) < 1e-9
+
+
+@pytest.mark.parametrize("amb", AMBIGUITY)
+def test_large_delta_is_the_minimax_portfolio(amb: str) -> None:
+    """Once every point mass is in the ball the risk is the largest loss; delta has no gradient."""
+    E, y = problem(18, B=1, N=16, n=5)
+    N, gamma = 16, 0.3
+    z, c = cp.Variable(5, nonneg=True), cp.Variable()
+    scale = 1 / float(E[0].square().mean().sqrt())  # units where the errors are about 1
+    worst = cp.max(cp.square(scale * E[0].numpy() @ z - c)) - gamma * scale**2 * (y[0].numpy() @ z)
+    cp.Problem(cp.Minimize(worst), [cp.sum(z) == 1]).solve(
+        solver="CLARABEL", tol_gap_abs=1e-10, tol_gap_rel=1e-10, tol_feas=1e-10
+    )
+    full = 2 - 2 / N**0.5 if amb == "hellinger" else 2 - 2 / N
+    for delta in (full + 1e-3, 2.5):
+        d = torch.tensor(delta, dtype=torch.float64, requires_grad=True)
+        y_ = y[0].clone().requires_grad_()
+        layer = dro_layer(E[0], y_, gamma, d, amb)
+        np.testing.assert_allclose(layer.detach().numpy(), z.value, atol=1e-6)
+        (layer * torch.arange(5.0, dtype=torch.float64)).sum().backward()
+        assert d.grad is None or abs(float(d.grad)) < 1e-6
+        assert bool(torch.isfinite(y_.grad).all())
+
+
+def test_native_settings_and_backend_errors() -> None:
+    E, y = problem(19, B=2)
+    with pytest.raises(ConfigError, match="IPMSettings"):
+        dro_layer(E, y, 0.3, 0.1, solver_args={"tol_gap_abs": 1e-9})
+    with pytest.raises(ConfigError, match="backend"):
+        dro_layer(E, y, 0.3, 0.1, backend="scs")
+    with pytest.raises(ConfigError, match="backend"):
+        DROLayer("tv", backend="scs")
+    # too few iterations: the elements fall back to the cone program, with the same answer
+    z = dro_layer(E, y, 0.3, 0.1, "tv", solver_args={"max_iter": 3})
+    torch.testing.assert_close(z, dro_layer(E, y, 0.3, 0.1, "tv"), atol=1e-6, rtol=0)
+
+
 def test_dro_module_and_dtype() -> None:
     E, y = problem(8, B=2)
-    layer = DROLayer("tv")
-    z64 = layer(E, y, 0.3, 0.1)
-    z32 = layer(E.float(), y.float(), 0.3, 0.1)
-    assert z32.dtype == torch.float32
-    torch.testing.assert_close(z32.double(), z64, atol=1e-5, rtol=0)
-    assert "tv" in repr(layer)
+    for amb in AMBIGUITY:
+        layer = DROLayer(amb)
+        z64 = layer(E, y, 0.3, 0.1)
+        y32 = y.float().requires_grad_()
+        z32 = layer(E.float(), y32, 0.3, 0.1)
+        assert z32.dtype == torch.float32
+        z32.sum().backward()
+        assert y32.grad.dtype == torch.float32
+        torch.testing.assert_close(z32.double(), z64, atol=1e-5, rtol=0)
+        assert amb in repr(layer) and "native" in repr(layer)
 
 
 # ----------------------------------------------------------------------------------------- inputs
