@@ -141,7 +141,7 @@ def test_robust_layer_trains_gamma_and_delta() -> None:
     panel = make_panel(prices, features, "test")
     net = DRONet(2, 3, layer="hellinger", N=16, gamma=0.05, delta=0.2)
     net.set_theta(*least_squares(panel.x, panel.r))
-    before = (float(net.gamma), float(net.delta))
+    before = (float(net.gamma.detach()), float(net.delta.detach()))
     train_net(net, panel, torch.arange(16, 22), settings(epochs=2))
     after = (float(net.gamma.detach()), float(net.delta.detach()))
     assert after != before and min(after) >= 1e-4
