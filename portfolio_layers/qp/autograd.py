@@ -29,6 +29,7 @@ from torch.autograd.function import once_differentiable
 from portfolio_layers.qp.factor import FactorCov
 from portfolio_layers.qp.ipm import InteriorPoint, IPMResult, IPMState
 from portfolio_layers.qp.kkt import AugmentedKKT, LowRankKKT, ReducedKKT, mtv, mv
+from portfolio_layers.qp.l1 import L1Data, split
 from portfolio_layers.qp.problem import Bounds, QPData
 from portfolio_layers.qp.solution import Status
 
@@ -43,6 +44,21 @@ class Carrier:
     data: QPData | None = None
     result: IPMResult | None = None
 
+    def state(self) -> IPMState:
+        """The solution's state on ``x`` (with an L1 cost, ``result.state`` is that of ``z = [x, u, v]``)."""
+        st, d = self.result.state, self.data
+        if d.l1 is None:
+            return st
+        n, p, m = d.n, d.p, d.m
+        return IPMState(
+            st.x[:, :n],
+            None if m == 0 else st.s[:, :m],
+            None if m == 0 else st.lam[:, :m],
+            st.zl[:, :n],
+            st.zu[:, :n],
+            None if p == 0 else st.y[:, :p],
+        )
+
 
 class IPMFunction(torch.autograd.Function):
     """``x = argmin 1/2 x'Px - q'x  s.t.  Ax = b, Gx <= h, lb <= x <= ub`` for flat batches.
@@ -51,7 +67,9 @@ class IPMFunction(torch.autograd.Function):
     symmetric (``F``, ``d`` None) or ``P`` None and the factor form ``P = F F' + diag(d)`` with
     ``F (B, n, k)``, ``d (B, n)`` (gradients to ``F`` and ``d`` in ``O(n k)``, see
     :meth:`~portfolio_layers.qp.factor.FactorCov.gradients`); ``q (B, n)``, ``A (B, p, n)``/``b (B, p)``,
-    ``G (B, m, n)``/``h (B, m)`` or None, ``lb``/``ub`` ``(B, n)`` with infinities where unbounded.
+    ``G (B, m, n)``/``h (B, m)`` or None, ``lb``/``ub`` ``(B, n)`` with infinities where unbounded;
+    ``x0``, ``kappa (B, n)`` and ``tau (B,)`` (or None) an L1 cost ``kappa'|x - x0|`` and limit
+    ``1'|x - x0| <= tau`` (:mod:`portfolio_layers.qp.l1`; ``x0`` None: none).
     Returns ``x (B, n)``; the full :class:`IPMResult` is stored in ``carrier.result``.
     """
 
@@ -70,11 +88,15 @@ class IPMFunction(torch.autograd.Function):
         h: Tensor | None,
         lb: Tensor,
         ub: Tensor,
+        x0: Tensor | None = None,
+        kappa: Tensor | None = None,
+        tau: Tensor | None = None,
     ) -> Tensor:
         cost = FactorCov(F, d) if P is None else P
-        carrier.data = QPData(cost, q, A, b, G, h, lb, ub, (q.shape[0],))
+        l1 = None if x0 is None else L1Data(x0, kappa, tau)
+        carrier.data = QPData(cost, q, A, b, G, h, lb, ub, (q.shape[0],), l1)
         carrier.result = solver.solve(carrier.data, warm)
-        return carrier.result.state.x.clone()
+        return carrier.result.state.x[:, : q.shape[-1]].clone()
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
@@ -94,6 +116,8 @@ class IPMFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, gx: Tensor) -> tuple[Tensor | None, ...]:
+        if ctx.data.l1 is not None:
+            return _backward_split(ctx, gx)
         d: QPData = ctx.data
         st = ctx.res.state
         wx = torch.zeros_like(gx)
@@ -139,7 +163,7 @@ class IPMFunction(torch.autograd.Function):
             gh = wl if need[10] else None
         gF, gd = (gF if need[4] else None), (gd if need[5] else None)
         gl, gu = glb if need[11] else None, gub if need[12] else None
-        return None, None, None, gP, gF, gd, gq, gA, gb, gG, gh, gl, gu
+        return None, None, None, gP, gF, gd, gq, gA, gb, gG, gh, gl, gu, None, None, None
 
 
 def _put_multipliers(
@@ -177,3 +201,86 @@ def _adjoint_ipm(
 
 def _outer(u: Tensor, v: Tensor) -> Tensor:
     return u.unsqueeze(-1) * v.unsqueeze(-2)
+
+
+def _backward_split(ctx: Any, gx: Tensor) -> tuple[Tensor | None, ...]:
+    """The backward with an L1 cost (:mod:`portfolio_layers.qp.l1`).
+
+    A polished element: the adjoint of its active-set system on ``x``; a held asset's ``x0_i`` acts as
+    a fixed value (gradient the adjoint multiplier of ``x_i = x0_i``), a trading asset's ``x0_i``
+    through the binding limit row ``s'x = tau + s'x0``, ``kappa_i`` through the cost ``-kappa_i s_i``
+    on ``q_i``. Otherwise: the adjoint of the split problem's Newton system at the returned point.
+    """
+    d: QPData = ctx.data
+    st = ctx.res.state
+    n, p, m = d.n, d.p, d.m
+    zero = torch.zeros_like(gx)
+    wx, glb, gub, gx0, gk = zero.clone(), zero.clone(), zero.clone(), zero.clone(), zero.clone()
+    wy = None if p == 0 else gx.new_zeros(gx.shape[0], p)
+    wl = None if m == 0 else gx.new_zeros(gx.shape[0], m)
+    wt = gx.new_zeros(gx.shape[0])
+    for idx, pol in ctx.res.polished:
+        a, di = pol.active, d.take(idx)
+        w, nu = pol.kkt.solve(gx[idx])
+        t = gx[idx] - mv(di.P, w)
+        if p:
+            wy[idx] = nu[:, :p]
+            t = t - mtv(di.A, nu[:, :p])
+        if m:
+            wl[idx] = nu[:, p : p + m] * a.rows.to(w.dtype)
+            t = t - mtv(di.G, wl[idx])
+        if a.limit is not None:
+            wt[idx] = nu[:, -1] * a.limit.to(w.dtype)
+            t = t - wt[idx].unsqueeze(-1) * a.sign
+        wx[idx] = w
+        glb[idx], gub[idx] = torch.where(a.lower, t, 0.0), torch.where(a.upper, t, 0.0)
+        gx0[idx] = torch.where(a.hold, t, 0.0) + a.sign * wt[idx].unsqueeze(-1)
+        gk[idx] = -a.sign * w
+    if ctx.rest.numel():
+        idx = ctx.rest
+        dz, sz = split(d.take(idx)), st.take(idx)
+        wz, nu = ctx.rest_kkt.solve(torch.cat([gx[idx], gx.new_zeros(idx.numel(), 2 * n)], -1))
+        bnd = Bounds.of(dz)
+        tl, tu = bnd.slacks(sz.x)
+        wx[idx] = wz[:, :n]
+        glb[idx] = torch.where(bnd.has_lb, sz.zl * wz / tl, 0.0)[:, :n]
+        gub[idx] = torch.where(bnd.has_ub, sz.zu * wz / tu, 0.0)[:, :n]
+        gk[idx] = -(wz[:, n : 2 * n] + wz[:, 2 * n :])
+        gx0[idx] = nu[:, p:]
+        if p:
+            wy[idx] = nu[:, :p]
+        if dz.G is not None:
+            wlz = sz.lam / sz.s * mv(dz.G, wz)
+            if m:
+                wl[idx] = wlz[:, :m]
+            if d.l1.tau is not None:
+                wt[idx] = wlz[:, -1]
+    x = st.x[:, :n]
+    need = ctx.needs_input_grad
+    gP = _outer(-wx, x) if need[3] else None
+    gF = gd = None
+    if need[4] or need[5]:
+        gF, gd = d.P.gradients(-wx, x)
+    gA = gG = None
+    if p and need[7]:
+        gA = -(st.y[:, :p].unsqueeze(-1) * wx.unsqueeze(-2) + wy.unsqueeze(-1) * x.unsqueeze(-2))
+    if m and need[9]:
+        gG = -(st.lam[:, :m].unsqueeze(-1) * wx.unsqueeze(-2) + wl.unsqueeze(-1) * x.unsqueeze(-2))
+    return (
+        None,
+        None,
+        None,
+        gP,
+        gF if need[4] else None,
+        gd if need[5] else None,
+        wx if need[6] else None,
+        gA,
+        wy if need[8] else None,
+        gG,
+        wl if need[10] else None,
+        glb if need[11] else None,
+        gub if need[12] else None,
+        gx0 if need[13] else None,
+        gk if need[14] else None,
+        wt if need[15] else None,
+    )

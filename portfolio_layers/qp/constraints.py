@@ -2,8 +2,10 @@
 
 Each constructor returns a :class:`LinearConstraints` on the weights ``w (n,)``; combine them with
 :func:`combine` (or ``&``). Gross-exposure (leverage) and turnover limits are not linear in ``w``;
-they are kept as numbers and lifted by :class:`~portfolio_layers.qp.layer.QPLayer` with auxiliary
-variables ``t >= |w - w0|`` and ``u >= |w|`` (``1't <= max_turnover``, ``1'u <= max_gross``).
+they are kept as numbers. :class:`~portfolio_layers.qp.layer.QPLayer` lifts a leverage limit with
+auxiliary variables ``u >= |w|`` (``1'u <= max_gross``); it passes a turnover limit to the solver
+natively (an :class:`~portfolio_layers.qp.l1.L1Cost` with that limit), except together with a
+leverage limit, when it is lifted too (``t >= |w - w0|``, ``1't <= max_turnover``).
 """
 
 from __future__ import annotations
@@ -185,14 +187,17 @@ def combine(*parts: LinearConstraints) -> LinearConstraints:
     )
 
 
-def lift(c: LinearConstraints) -> dict[str, Tensor | int]:
+def lift(c: LinearConstraints, turnover: bool = True) -> dict[str, Tensor | int]:
     """QP data over ``z = [w, t (turnover), u (gross)]``; the turnover ``h`` rows need ``w0``.
 
-    Returns a dict with ``N`` (size of z), ``A``, ``b``, ``G``, ``h``, ``lb``, ``ub`` (float64) and
+    ``turnover=False`` leaves a turnover limit out (``z = [w, u]``): it is then passed to the
+    solver natively, as an :class:`~portfolio_layers.qp.l1.L1Cost`. Returns a dict with ``N`` (size
+    of z), ``A``, ``b``, ``G``, ``h``, ``lb``, ``ub`` (float64) and
     ``turnover_rows`` (slice of the rows of ``G``/``h`` whose right side is ``+w0`` then ``-w0``).
     """
     n = c.n
-    k = int(c.max_turnover is not None) + int(c.max_gross is not None)
+    max_turnover = c.max_turnover if turnover else None
+    k = int(max_turnover is not None) + int(c.max_gross is not None)
     N = n * (1 + k)
     pad = torch.zeros
     A = torch.cat([c.A, pad(c.A.shape[0], N - n, dtype=_F64)], 1)
@@ -201,7 +206,7 @@ def lift(c: LinearConstraints) -> dict[str, Tensor | int]:
     col = n
     start = c.G.shape[0]
     turnover_rows = slice(0, 0)
-    for limit, is_turnover in ((c.max_turnover, True), (c.max_gross, False)):
+    for limit, is_turnover in ((max_turnover, True), (c.max_gross, False)):
         if limit is None:
             continue
         blk = pad(2 * n + 1, N, dtype=_F64)

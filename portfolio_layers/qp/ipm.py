@@ -20,9 +20,12 @@ from torch import Tensor
 
 from portfolio_layers.errors import InputError
 from portfolio_layers.qp.kkt import AugmentedKKT, LowRankKKT, ReducedKKT, factor_newton, factor_point, mtv, mv
+from portfolio_layers.qp.l1 import SplitCost, core, split
 from portfolio_layers.qp.polish import Polished, guess_active, polish_corrected
 from portfolio_layers.qp.problem import BatchRecord, Bounds, QPData, bound_error
 from portfolio_layers.qp.solution import Status
+from portfolio_layers.qp.split_kkt import SplitKKT, factor_split
+from portfolio_layers.qp.split_polish import SplitPolished, guess_split, polish_split_corrected
 
 _UNDECIDED = -1
 """Status code of an element still iterating (never returned)."""
@@ -61,7 +64,7 @@ class IPMResult:
     primal_residual: Tensor
     dual_residual: Tensor
     gap: Tensor
-    polished: list[tuple[Tensor, Polished]] = field(default_factory=list)
+    polished: list[tuple[Tensor, Polished | SplitPolished]] = field(default_factory=list)
     """Chunks ``(batch indices, Polished)`` of the elements finished by polishing (for the backward)."""
 
 
@@ -97,12 +100,19 @@ class InteriorPoint:
     def solve(self, data: QPData, warm_start: IPMState | None = None) -> IPMResult:
         """Solve the batch ``data`` (normalized as described in the module docstring).
 
-        ``lb < ub`` is assumed wherever both are finite (see :func:`check_distinct_bounds`).
+        ``lb < ub`` is assumed wherever both are finite (see :func:`check_distinct_bounds`). With
+        ``data.l1``, the split problem over ``z = [x, u, v]`` is solved (see
+        :mod:`portfolio_layers.qp.l1`): the state is that of ``z`` (``x[:, :n]`` the solution), and
+        ``warm_start`` must be one too (:func:`warm_state` makes it). A warm start is polished at
+        once (its active set tried first); the interior point continues from it where that fails.
         """
+        if data.l1 is not None and not isinstance(data.P, SplitCost):
+            data = split(data)
         B, dt, dev = data.P.shape[0], data.P.dtype, data.P.device
         bnd = Bounds.of(data)
         status = torch.full((B,), _UNDECIDED, dtype=torch.int8, device=dev)
-        status[_presolve_infeasible(data, bnd, self.tol)] = Status.PRIMAL_INFEASIBLE
+        pre = data if data.l1 is None else core(data)
+        status[_presolve_infeasible(pre, Bounds.of(pre), self.tol)] = Status.PRIMAL_INFEASIBLE
         init = _initial_point(data, bnd) if warm_start is None else warm_start
         out = IPMState(*(None if v is None else v.clone() for v in init._fields()))
         iters = torch.zeros(B, dtype=torch.int32, device=dev)
@@ -124,7 +134,9 @@ class InteriorPoint:
             code[r.below(self.tol, sb.pscale)] = Status.SOLVED
             if self.polish_mu > 0:
                 near = r.below(self.polish_mu, sb.pscale) & (r.mu <= 0.1 * last_try)
-                try_ = (code == Status.SOLVED) | ((code == _UNDECIDED) & near)
+                try_ = (code == Status.SOLVED) | (
+                    (code == _UNDECIDED) & (near | (warm_start is not None and it == 0))
+                )
                 if bool(try_.any()):
                     t = try_.nonzero().squeeze(-1)
                     last_try[t] = r.mu[t]
@@ -162,15 +174,19 @@ class InteriorPoint:
         chunks ``(indices into the batch, Polished)``.
         """
         dt, s_t = d.take(t), st.take(t)
-        act = guess_active(dt, s_t.x, s_t.s, s_t.lam, s_t.zl, s_t.zu)
-        parts = [(t[k], pol) for k, pol in polish_corrected(dt, act, self.shift, self.polish_eps)]
+        guess, run = (
+            (guess_active, polish_corrected) if d.l1 is None else (guess_split, polish_split_corrected)
+        )
+        act = guess(dt, s_t.x, s_t.s, s_t.lam, s_t.zl, s_t.zu)
+        parts = [(t[k], pol) for k, pol in run(dt, act, self.shift, self.polish_eps)]
         if not parts:
             return st, r, parts
         good = torch.zeros(st.x.shape[0], dtype=torch.bool, device=st.x.device)
         full = IPMState(*(None if v is None else v.clone() for v in st._fields()))
         for rows, pol in parts:
             good[rows] = True
-            s_new = None if d.G is None else (d.h[rows] - mv(d.G[rows], pol.x)).clamp_min(0.0)
+            Gr = None if d.G is None else d.G[rows] if isinstance(d.G, Tensor) else d.G.take(rows)
+            s_new = None if Gr is None else (d.h[rows] - mv(Gr, pol.x)).clamp_min(0.0)
             full.put(rows, IPMState(pol.x, s_new, pol.lam, pol.zl, pol.zu, pol.y))
         g = good.nonzero().squeeze(-1)  # residuals of all polished points at once
         r_new = _residuals(d.take(g), full.take(g), bnd.take(g))
@@ -184,7 +200,11 @@ class InteriorPoint:
         """One predictor-corrector step; returns the new state and a factorization-failure mask."""
         fl, fu = bnd.has_lb.to(d.P.dtype), bnd.has_ub.to(d.P.dtype)
         dG = None if d.G is None else st.lam / st.s
-        K = factor_newton(d.P, d.A, d.G, dG, fl * st.zl / r.tl + fu * st.zu / r.tu, self.shift, ws)
+        d_x = fl * st.zl / r.tl + fu * st.zu / r.tu
+        if d.l1 is None:
+            K = factor_newton(d.P, d.A, d.G, dG, d_x, self.shift, ws)
+        else:
+            K = factor_split(d, dG, d_x, self.shift, ws)
         aff = _direction(
             K, d, st, r, st.s * st.lam if d.G is not None else None, fl * r.tl * st.zl, fu * r.tu * st.zu
         )
@@ -218,17 +238,22 @@ class InteriorPoint:
             )
         return new, bad
 
-    def factor_at(self, data: QPData, state: IPMState) -> ReducedKKT | AugmentedKKT | LowRankKKT:
+    def factor_at(self, data: QPData, state: IPMState) -> ReducedKKT | AugmentedKKT | LowRankKKT | SplitKKT:
         """The KKT factorization at ``state`` used by the implicit backward.
 
         Without general inequalities: the reduced Cholesky (with refinement). With
         them: an LDL' of the augmented system (see :class:`~portfolio_layers.qp.kkt.AugmentedKKT`).
         With ``P`` in factor form: the capacitance factorization of the augmented system
-        (see :func:`~portfolio_layers.qp.kkt.factor_point`).
+        (see :func:`~portfolio_layers.qp.kkt.factor_point`). A split problem (``data.l1``, split
+        here if it is not yet): its Newton system at ``state`` (the general rows eliminated with ``lam / s``).
         """
+        if data.l1 is not None and not isinstance(data.P, SplitCost):
+            data = split(data)
         bnd, dt = Bounds.of(data), data.P.dtype
         tl, tu = bnd.slacks(state.x)
         d_x = bnd.has_lb.to(dt) * state.zl / tl + bnd.has_ub.to(dt) * state.zu / tu
+        if data.l1 is not None:
+            return factor_split(data, None if data.G is None else state.lam / state.s, d_x, self.shift, {})
         W = None if data.G is None else state.s / state.lam
         return factor_point(data.P, d_x, data.A, data.G, W, self.shift)
 
@@ -395,15 +420,30 @@ def warm_state(d: QPData, x: Tensor, duals: IPMState | None, margin: float = 1e-
     """A strictly interior starting point near a previous solution ``x (B, n)``.
 
     ``x`` is pulled inside the bounds by ``margin * min(ub - lb, 1)``; slacks and multipliers are
-    floored at ``margin`` (multipliers from ``duals`` when given, else 1), so the interior point can
-    move. ``duals`` must already be in the normalized units of ``d``.
+    floored at ``margin`` (multipliers from ``duals`` when given, else 1 on the bounds that ``x``
+    touches and ``margin`` on the others), so the interior point can move. ``duals`` must already be
+    in the normalized units of ``d``. With ``d.l1`` the state is that of the split problem: the
+    trades ``u, v`` come from ``x - x0``, their multipliers are 1.
     """
+    if d.l1 is not None:
+        d, x, duals = _split_warm(d, x, duals)
     bnd = Bounds.of(d)
     ml, mu, lb0, ub0 = bnd.has_lb, bnd.has_ub, bnd.lb, bnd.ub
     width = torch.where(ml & mu, (ub0 - lb0).clamp(max=1.0), 1.0)
+    tight_l, tight_u = ml & (x - lb0 <= margin * width), mu & (ub0 - x <= margin * width)
     x = torch.where(ml, torch.maximum(x, lb0 + margin * width), x)
     x = torch.where(mu, torch.minimum(x, ub0 - margin * width), x)
     base = _initial_point(d, bnd)
+    if duals is None:
+        one = torch.ones_like(x)
+        base = IPMState(
+            base.x,
+            base.s,
+            base.lam,
+            torch.where(tight_l, one, margin),
+            torch.where(tight_u, one, margin),
+            base.y,
+        )
     src = base if duals is None else duals
     zl = torch.where(ml, src.zl.clamp_min(margin), 0.0)
     zu = torch.where(mu, src.zu.clamp_min(margin), 0.0)
@@ -413,3 +453,26 @@ def warm_state(d: QPData, x: Tensor, duals: IPMState | None, margin: float = 1e-
         lam = src.lam.clamp_min(margin)
     y = None if d.A is None else src.y
     return IPMState(x, s, lam, zl, zu, y)
+
+
+def _split_warm(d: QPData, x: Tensor, duals: IPMState | None) -> tuple[QPData, Tensor, IPMState | None]:
+    """The split problem of ``d``, the point ``[x, (x - x0)^+, (x - x0)^-]`` and its multipliers."""
+    z = split(d)
+    t = x - d.l1.x0
+    xz = torch.cat([x, t.clamp_min(0.0), (-t).clamp_min(0.0)], -1)
+    if duals is None:
+        return z, xz, None
+    one, zero = torch.ones_like(t), torch.zeros_like(t)
+    lam = [v for v in (duals.lam, None if d.l1.tau is None else one[:, :1]) if v is not None]
+    return (
+        z,
+        xz,
+        IPMState(
+            xz,
+            None,
+            torch.cat(lam, -1) if lam else None,
+            torch.cat([duals.zl, one, one], -1),
+            torch.cat([duals.zu, zero, zero], -1),
+            zero if duals.y is None else torch.cat([duals.y, zero], -1),
+        ),
+    )

@@ -48,14 +48,16 @@ AUGMENT = 1.0
 
 
 def mv(M: Tensor | FactorCov, v: Tensor) -> Tensor:
-    """``M v`` for a batch: ``M (B, r, n)`` (or a :class:`FactorCov`), ``v (B, n)`` -> ``(B, r)``."""
-    if isinstance(M, FactorCov):
+    """``M v`` for a batch: ``M (B, r, n)`` (or an operator with ``.mv``), ``v (B, n)`` -> ``(B, r)``."""
+    if not isinstance(M, Tensor):  # FactorCov, or the split operators of qp.l1
         return M.mv(v)
     return (v.unsqueeze(-2) @ M.mT).squeeze(-2)  # faster than M @ v[..., None] on CPU
 
 
 def mtv(M: Tensor, v: Tensor) -> Tensor:
-    """``M' v`` for a batch: ``M (B, r, n)``, ``v (B, r)`` -> ``(B, n)``."""
+    """``M' v`` for a batch: ``M (B, r, n)`` (or an operator with ``.mtv``), ``v (B, r)`` -> ``(B, n)``."""
+    if not isinstance(M, Tensor):
+        return M.mtv(v)
     return (v.unsqueeze(-2) @ M).squeeze(-2)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -20,6 +21,7 @@ from portfolio_layers.qp.autograd import Carrier, IPMFunction
 from portfolio_layers.qp.constraints import LinearConstraints, lift
 from portfolio_layers.qp.factor import FactorCov, normalize
 from portfolio_layers.qp.ipm import InteriorPoint, IPMState, check_distinct_bounds, warm_state
+from portfolio_layers.qp.l1 import L1Cost, L1Data, attach, dense_split
 from portfolio_layers.qp.problem import (
     QPData,
     as_tensor,
@@ -56,10 +58,11 @@ def solve_qp(
     backend: str = "ipm",
     warm_start: QPSolution | Tensor | None = None,
     throw: bool = True,
+    l1: L1Cost | None = None,
 ) -> QPSolution:
     """Solve a batch of convex QPs, differentiably.
 
-    ``minimize 1/2 x'Px - q'x  s.t.  Ax = b, Gx <= h, lb <= x <= ub``
+    ``minimize 1/2 x'Px - q'x (+ kappa'|x - x0|)  s.t.  Ax = b, Gx <= h, lb <= x <= ub (, 1'|x - x0| <= tau)``
 
     Parameters
     ----------
@@ -92,6 +95,12 @@ def solve_qp(
     throw : bool
         If True, raise when an element is not solved (the error names the batch indices); if
         False, report per-element statuses in ``QPSolution.status`` and never raise for a solve.
+    l1 : L1Cost, optional
+        An L1 trading cost ``kappa'|x - x0|`` and / or turnover limit ``1'|x - x0| <= tau``
+        (:class:`~portfolio_layers.qp.l1.L1Cost`; its batch dimensions broadcast with the others).
+        The ``ipm`` backend handles it natively (``n x n`` or factor-form systems, gradients to
+        ``x0``, ``kappa`` and ``tau``); ``"auto"`` then picks ``ipm``; the other backends solve the
+        split problem over ``[x, u, v]`` densely, with a ridge ``1e-9 max|P|`` on ``u, v``.
 
     Returns
     -------
@@ -115,6 +124,8 @@ def solve_qp(
     if not isinstance(max_iter, int) or max_iter < 1:
         raise ConfigError(f"max_iter must be a positive int, got {max_iter!r}")
     data = canonicalize(P, q, A, b, G, h, lb, ub)
+    if l1 is not None:
+        data = attach(data, l1)
     if throw:  # found before any solve; with throw=False such elements are PRIMAL_INFEASIBLE
         raise_crossed_bounds(data)
     tol = default_tol(data.P.dtype) if tol is None else float(tol)
@@ -122,7 +133,9 @@ def solve_qp(
         raise ConfigError(f"tol must be positive, got {tol}")
     if backend == "auto":
         backend = auto_backend(data)
-    if backend == "ipm":
+    if data.l1 is not None and backend != "ipm":
+        sol = _solve_split_dense(data, tol, max_iter, backend, warm_start)
+    elif backend == "ipm":
         sol = _solve_ipm(data, tol, max_iter, warm_start)
     elif backend == "active_set":
         sol = _solve_active_set(data, tol, max_iter, warm_start)
@@ -146,7 +159,7 @@ def auto_backend(data: QPData) -> str:
     ``benchmarks/qp_layer.py``: the active set's cost grows with the batch (one solve per element) and
     about as ``n^3``, the interior point's is a fixed per-call overhead plus batched arithmetic.
     """
-    if data.P.device.type != "cpu" or not daqp_available():
+    if data.P.device.type != "cpu" or not daqp_available() or data.l1 is not None:
         return "ipm"
     small = data.n <= AUTO_SMALL_N or (data.P.shape[0] == 1 and data.n <= AUTO_SINGLE_N)
     return "active_set" if small else "ipm"
@@ -189,6 +202,30 @@ def _solve_active_set(
     )
 
 
+def _solve_split_dense(
+    data: QPData, tol: float, max_iter: int, backend: str, warm_start: QPSolution | Tensor | None
+) -> QPSolution:
+    """An L1 cost on a backend other than ``ipm``: the split problem over ``[x, u, v]``, formed densely."""
+    if warm_start is not None:
+        raise ConfigError(f"warm_start with an l1 cost needs backend='ipm', not {backend!r}")
+    z = dense_split(data, AUX_RIDGE)
+    shaped = (None if v is None else v.reshape(*data.batch_shape, *v.shape[1:]) for v in z.tensors())
+    sol = solve_qp(*shaped, tol=tol, max_iter=max_iter, backend=backend, throw=False)
+    n, p, m = data.n, data.p, data.m
+    return QPSolution(
+        sol.x[..., :n],
+        sol.y[..., :p],
+        sol.lam[..., :m],
+        sol.z_lower[..., :n],
+        sol.z_upper[..., :n],
+        sol.status,
+        sol.iterations,
+        sol.primal_residual,
+        sol.dual_residual,
+        sol.duality_gap,
+    )
+
+
 def _dense(data: QPData) -> QPData:
     """``data`` with a :class:`FactorCov` cost formed as a dense (differentiable) ``P``."""
     if isinstance(data.P, FactorCov):
@@ -218,11 +255,11 @@ def _solve_ipm(data: QPData, tol: float, max_iter: int, warm_start: QPSolution |
         polish_mu=1e-3,
         polish_eps=1e-9 if f64 else 1e-5,
     )
-    warm = None if warm is None else warm_state(scaled, *warm)
+    warm = None if warm is None else warm_state(replace(scaled, l1=_scaled_l1(data, c)), *warm)
     carrier = Carrier()
-    x = IPMFunction.apply(solver, carrier, warm, *cost, qs, *data.tensors()[2:])
+    x = IPMFunction.apply(solver, carrier, warm, *cost, qs, *data.tensors()[2:], *_l1_inputs(data, c))
     res = carrier.result
-    st: IPMState = res.state
+    st: IPMState = carrier.state()
     shape = data.batch_shape
 
     def out(v: Tensor | None, k: int, scale: bool) -> Tensor:
@@ -242,6 +279,21 @@ def _solve_ipm(data: QPData, tol: float, max_iter: int, warm_start: QPSolution |
         dual_residual=(res.dual_residual * c).reshape(shape),
         duality_gap=(res.gap * c).reshape(shape),
     )
+
+
+def _scaled_l1(data: QPData, c: Tensor) -> L1Data | None:
+    """``data.l1`` with ``kappa`` in the normalized units (divided by ``c (B,)``), detached."""
+    if data.l1 is None:
+        return None
+    x0, kappa, tau = (None if v is None else v.detach() for v in _l1_inputs(data, c))
+    return L1Data(x0, kappa, tau)
+
+
+def _l1_inputs(data: QPData, c: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """``x0``, ``kappa / c`` and ``tau`` of ``data.l1`` (differentiable), or three None."""
+    if data.l1 is None:
+        return None, None, None
+    return data.l1.x0, data.l1.kappa / c[:, None], data.l1.tau
 
 
 def check_psd(P: Tensor, batch_shape: tuple[int, ...]) -> None:
@@ -322,8 +374,10 @@ class QPLayer(nn.Module):
 
     Notes
     -----
-    Leverage and turnover limits add ``n`` auxiliary variables each (``u >= |w|`` and
-    ``t >= |w - x0|``); the returned weights are the first ``n`` entries. The auxiliary variables get
+    A turnover limit alone is handled natively by the solver (``l1=L1Cost(x0, 0, limit)`` of
+    :func:`solve_qp`: no auxiliary variables, a :class:`FactorCov` ``P`` keeps its factor form).
+    A leverage limit adds ``n`` auxiliary variables ``u >= |w|``, and with it a turnover limit is lifted
+    as well (``t >= |w - x0|``); the returned weights are the first ``n`` entries. The auxiliary variables get
     a ridge ``1e-9 * max|P|`` in the cost so that they are unique where their limit is not binding
     (otherwise the active-set polish and the backward face a singular system); this perturbs the
     weights by about ``1e-9`` relative. With these limits a :class:`FactorCov` ``P`` is expanded to
@@ -346,9 +400,11 @@ class QPLayer(nn.Module):
             raise ConfigError("constraints must be a LinearConstraints (see portfolio_layers.qp.constraints)")
         if backend not in BACKENDS:
             raise ConfigError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
-        lifted = lift(constraints)
+        self.native_turnover = constraints.max_gross is None
+        lifted = lift(constraints, turnover=not self.native_turnover)
         self.n, self.N = constraints.n, int(lifted["N"])
         self.needs_x0 = constraints.max_turnover is not None
+        self.max_turnover = constraints.max_turnover
         self._turnover_rows = lifted["turnover_rows"]
         for name in ("A", "b", "G", "h", "lb", "ub"):
             self.register_buffer(name, lifted[name])
@@ -386,6 +442,7 @@ class QPLayer(nn.Module):
             P = torch.nn.functional.pad(P, (0, k, 0, k)) + ridge * torch.diag(eye)
             q = torch.nn.functional.pad(q, (0, k))
         A, b, G, h, lb, ub = (getattr(self, v).to(dt) for v in ("A", "b", "G", "h", "lb", "ub"))
+        l1 = None
         if self.needs_x0:
             if x0 is None:
                 raise ConfigError("this QPLayer has a turnover limit: pass x0 (the previous weights)")
@@ -403,9 +460,12 @@ class QPLayer(nn.Module):
                     f"the batch dimensions of x0 {tuple(x0.shape)}, P {tuple(P.shape)} and "
                     f"q {tuple(q.shape)} do not broadcast"
                 ) from exc
-            h = h.expand(*batch, h.shape[-1]).clone()
             x0 = x0.to(dt)
-            h[..., rows] = h[..., rows] + torch.cat([x0, -x0], -1).expand(*batch, 2 * self.n)
+            if self.native_turnover:
+                l1 = L1Cost(x0, 0.0, self.max_turnover)
+            else:
+                h = h.expand(*batch, h.shape[-1]).clone()
+                h[..., rows] = h[..., rows] + torch.cat([x0, -x0], -1).expand(*batch, 2 * self.n)
         elif x0 is not None:
             raise ConfigError("x0 is only used by a turnover limit, and this QPLayer has none")
         return solve_qp(
@@ -421,6 +481,7 @@ class QPLayer(nn.Module):
             max_iter=self.max_iter,
             backend=self.backend,
             throw=self.throw,
+            l1=l1,
         )
 
     def forward(self, P: Tensor, q: Tensor, x0: Tensor | None = None) -> Tensor:

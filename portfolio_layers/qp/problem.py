@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -23,6 +23,9 @@ from portfolio_layers.errors import (
     format_indices,
 )
 from portfolio_layers.qp.factor import FactorCov
+
+if TYPE_CHECKING:
+    from portfolio_layers.qp.l1 import L1Data
 
 _EXPECTED = (
     "expected P (*batch, n, n), q (*batch, n), A (*batch, p, n), b (*batch, p), G (*batch, m, n), "
@@ -62,6 +65,9 @@ class QPData:
     lb, ub : Tensor of shape (B, n); ``-inf`` / ``+inf`` where unbounded
     batch_shape : tuple of int
         The broadcast batch shape ``*batch`` (``()`` for a single problem).
+    l1 : L1Data or None
+        An L1 trading cost / turnover limit (see :mod:`portfolio_layers.qp.l1`). In the split problem
+        that the interior point solves, ``P``, ``A`` and ``G`` are structured operators of that module.
     """
 
     P: Tensor
@@ -73,6 +79,7 @@ class QPData:
     lb: Tensor
     ub: Tensor
     batch_shape: tuple[int, ...]
+    l1: L1Data | None = None
 
     @property
     def n(self) -> int:
@@ -90,18 +97,14 @@ class QPData:
         """The sub-batch ``idx`` (a 1-D index tensor); ``batch_shape`` becomes ``(len(idx),)``."""
 
         def t(v: Tensor | None) -> Tensor | None:
-            return None if v is None else v.index_select(0, idx)
+            if v is None:
+                return None
+            return v.index_select(0, idx) if isinstance(v, Tensor) else v.take(idx)
 
         return QPData(
-            self.P.take(idx) if isinstance(self.P, FactorCov) else t(self.P),
-            t(self.q),
-            t(self.A),
-            t(self.b),
-            t(self.G),
-            t(self.h),
-            t(self.lb),
-            t(self.ub),
+            *(t(v) for v in self.tensors()),
             (idx.numel(),),
+            None if self.l1 is None else self.l1.take(idx),
         )
 
     def tensors(self) -> tuple[Tensor | None, ...]:
@@ -141,6 +144,22 @@ class Bounds(BatchRecord):
     def slacks(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``x - lb`` and ``ub - x`` for ``x (B, n)``, 1 where the bound is infinite."""
         return torch.where(self.has_lb, x - self.lb, 1.0), torch.where(self.has_ub, self.ub - x, 1.0)
+
+
+def expand_batch(d: QPData, batch: tuple[int, ...]) -> QPData:
+    """``d`` broadcast to the larger batch shape ``batch`` (``d.batch_shape`` must broadcast to it)."""
+    if tuple(batch) == tuple(d.batch_shape):
+        return d
+    B = math.prod(batch)
+
+    def e(v: Tensor | None) -> Tensor | None:
+        if v is None:
+            return None
+        core = v.shape[1:]
+        return v.reshape(*d.batch_shape, *core).expand(*batch, *core).reshape(B, *core)
+
+    P = FactorCov(e(d.P.F), e(d.P.d)) if isinstance(d.P, FactorCov) else e(d.P)
+    return QPData(P, *(e(v) for v in d.tensors()[1:]), tuple(batch))
 
 
 def _bscale(d: QPData) -> Tensor:
