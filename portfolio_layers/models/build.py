@@ -33,8 +33,8 @@ def prior_init(model: E2EPortfolio) -> float:
 def build_net(model: E2EPortfolio, n_assets: int, n_features: int, dtype: torch.dtype) -> E2ENet:
     """The network of ``model`` for ``n_assets`` assets and ``n_features`` features, seeded by its seed.
 
-    The decision layer's cost is ``cost_per_year(train.cost_bps, periods_per_year, rebalance)`` times the learned
-    multiplier (initially ``decision_cost``; 0 drops the term).
+    The decision layer's cost is ``cost_per_year(train.cost_bps, periods_per_year, rebalance)`` times the
+    learned multiplier (initially ``decision_cost``; 0 drops the term).
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(model.train.seed)

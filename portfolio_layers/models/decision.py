@@ -10,27 +10,28 @@ with ``P = gamma Sigma`` and ``mu`` from the network (annualised), ``h`` the dri
 
 - **the cost** ``kappa = cost_bps / 1e4 * periods_per_year / rebalance * m``. A trade costs
   ``cost_bps / 1e4`` per unit of turnover once, and buys the (annualised) utility
-  ``mu'w - 1/2 gamma w'Sigma w`` for one holding period of ``rebalance / periods_per_year`` years; dividing the
-  period's utility net of the cost by the period's length in years puts the cost in the objective's annualised
-  units: ``cost_bps / 1e4 * periods_per_year / rebalance`` (0.012 for 10 bps and monthly decisions on daily
-  data). The multiplier ``m = exp(log_m) > 0`` is learned, initialised at ``cost_multiplier`` (1: the
-  one-period cost). A trade whose benefit outlives a period argues for ``m < 1``, a noisy forecast for
-  ``m > 1``: training decides.
-- **the prior** ``lam / 2 ||w - 1/n||^2`` with ``lam = mean_i P_ii`` (the average variance times ``gamma``), and a
-  learned gate ``tau >= 0`` on everything else: ``tau = 0`` gives exactly equal weight whatever the forecasts
-  and the previous weights, ``tau -> inf`` the plain mean-variance decision with costs (``tau = 1``: the
-  prior has the curvature of the average variance). ``tau`` is initialised at ``prior_init`` (0 for
-  end-to-end models: an untrained model holds equal weight) and kept >= 0 by projection after each optimizer
-  step (:meth:`DecisionLayer.project_`), so that at ``tau = 0`` its gradient is the one-sided derivative of
-  the solution and training can leave equal weight where that lowers the loss. The parameter is
-  ``tau / GATE_SCALE``: Adam moves a parameter by about its learning rate per step, and ``tau`` needs to
-  cover ``[0, ~10]`` within the few hundred steps of a fit.
+  ``mu'w - 1/2 gamma w'Sigma w`` for one holding period of ``rebalance / periods_per_year`` years;
+  dividing the period's utility net of the cost by the period's length in years puts the cost in the
+  objective's annualised units: ``cost_bps / 1e4 * periods_per_year / rebalance`` (0.012 for 10 bps and
+  monthly decisions on daily data). The multiplier ``m = exp(log_m) > 0`` is learned, initialised at
+  ``cost_multiplier`` (1: the one-period cost). A trade whose benefit outlives a period argues for
+  ``m < 1``, a noisy forecast for ``m > 1``: training decides.
+- **the prior** ``lam / 2 ||w - 1/n||^2`` with ``lam = mean_i P_ii`` (the average variance times
+  ``gamma``), and a learned gate ``tau >= 0`` on everything else: ``tau = 0`` gives exactly equal weight
+  whatever the forecasts and the previous weights, ``tau -> inf`` the plain mean-variance decision with
+  costs (``tau = 1``: the prior has the curvature of the average variance). ``tau`` is initialised at
+  ``prior_init`` (0 for end-to-end models: an untrained model holds equal weight) and kept >= 0 by
+  projection after each optimizer step (:meth:`DecisionLayer.project_`), so that at ``tau = 0`` its
+  gradient is the one-sided derivative of the solution and training can leave equal weight where that
+  lowers the loss. The parameter is ``tau / GATE_SCALE``: Adam moves a parameter by about its learning
+  rate per step, and ``tau`` needs to cover ``[0, ~10]`` within the few hundred steps of a fit.
 
 Why gate the cost too: at ``tau = 0`` the solution is exactly ``1/n`` whatever ``h``, and for ``tau > 0``
 the cost term competes with the forecasts on their own scale. The L1 cost has a no-trade region: where
-``w_i = h_i`` the solution does not move with the forecasts of asset ``i``, so its gradient vanishes there.
-Starting from equal weight (not from ``h``) keeps every asset trading, and thus every gradient alive, at
-initialisation.
+``w_i = h_i`` the solution does not move with the forecasts of asset ``i``, so its gradient vanishes there
+(with a large ``kappa``, e.g. 10 bps at 5-row rebalancing, most decisions become "hold" and training
+stalls). Starting from equal weight (not from ``h``) keeps every asset trading, and thus every gradient
+alive, at initialisation.
 
 The absolute value is lifted with auxiliary variables ``t >= |w - h|`` (``2n`` rows ``w - t <= h`` and
 ``-w - t <= -h``), priced ``tau * kappa`` each; a turnover limit is the row ``sum t <= turnover_limit`` on the
@@ -78,8 +79,8 @@ def cost_per_year(cost_bps: float, periods_per_year: float, rebalance: int) -> f
 class DecisionLayer(nn.Module):
     """Long-only, fully invested QP with a trading cost against ``h_prev`` and a gated prior at ``1/n``.
 
-    ``solve(P, mu, previous) -> QPSolution`` whose first ``n`` entries of ``x`` are the weights (see the module
-    docstring for the problem).
+    ``solve(P, mu, previous) -> QPSolution`` whose first ``n`` entries of ``x`` are the weights (see the
+    module docstring for the problem).
 
     Parameters
     ----------
@@ -127,7 +128,8 @@ class DecisionLayer(nn.Module):
             raise ConfigError(f"turnover_limit must be >= 0, got {turnover_limit}")
         if not (cost >= 0 and cost_multiplier >= 0 and prior_init >= 0):
             raise ConfigError(
-                f"cost, cost_multiplier and prior_init must be >= 0, got {cost}, {cost_multiplier}, {prior_init}"
+                "cost, cost_multiplier and prior_init must be >= 0, got "
+                f"{cost}, {cost_multiplier}, {prior_init}"
             )
         self.n, self.max_weight, self.turnover_limit = n_assets, max_weight, turnover_limit
         self.cost = float(cost) if cost_multiplier > 0 else 0.0
@@ -215,12 +217,22 @@ class DecisionLayer(nn.Module):
         ridge = AUX_RIDGE * Pw.detach().abs().amax((-2, -1)).clamp_min(1e-300)  # (batch,)
         zeros = torch.zeros(batch, n, n, dtype=dt, device=dev)
         P_lift = torch.cat(
-            [torch.cat([Pw, zeros], -1), torch.cat([zeros, ridge[:, None, None] * eye.expand(batch, n, n)], -1)], -2
+            [
+                torch.cat([Pw, zeros], -1),
+                torch.cat([zeros, ridge[:, None, None] * eye.expand(batch, n, n)], -1),
+            ],
+            -2,
         )
-        price = torch.zeros(batch, n, dtype=dt, device=dev) if self.kappa is None else (tau * self.kappa).expand(batch, n)
+        price = (
+            torch.zeros(batch, n, dtype=dt, device=dev)
+            if self.kappa is None
+            else (tau * self.kappa).expand(batch, n)
+        )
         q_lift = torch.cat([q, -price], -1)
         A = torch.cat([ones, torch.zeros_like(ones)], -1)
-        G = torch.cat([torch.cat([eye, -eye], -1), torch.cat([-eye, -eye], -1)], -2).expand(batch, 2 * n, 2 * n)
+        G = torch.cat([torch.cat([eye, -eye], -1), torch.cat([-eye, -eye], -1)], -2).expand(
+            batch, 2 * n, 2 * n
+        )
         h = torch.cat([previous, -previous], -1)
         if self.turnover_limit is not None:
             row = torch.cat([torch.zeros(n), torch.ones(n)]).to(dt).to(dev).expand(batch, 1, 2 * n)

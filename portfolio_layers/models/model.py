@@ -152,7 +152,7 @@ class E2ENet(nn.Module):
 
     @property
     def needs_previous(self) -> bool:
-        """Whether the QP uses the previous weights (a cost term or a turnover limit); training then feeds them."""
+        """Whether the QP uses the previous weights (a cost term or a turnover limit): training feeds them."""
         return bool(getattr(self.qp, "needs_x0", False))
 
     @property
@@ -184,13 +184,13 @@ class E2ENet(nn.Module):
         sample_cov : Tensor of shape (batch, n, n), optional
             Annualised sample covariance of the window.
         previous : Tensor of shape (batch, n), optional
-            Drifted weights before the trade, used by a cost term or a turnover limit (missing: no position for
-            a :class:`DecisionLayer`, equal weights for a plain ``QPLayer``'s turnover limit).
+            Drifted weights before the trade, used by a cost term or a turnover limit (missing: no
+            position for a :class:`DecisionLayer`, equal weights for a plain ``QPLayer``'s turnover limit).
         """
         return self.decide(self.predict(x, sample_cov), previous)
 
     def decide(self, pred: NetOutput, previous: Tensor | None = None) -> NetOutput:
-        """The QP step alone, on the forecasts of :meth:`predict` (training runs the encoder once for a chain).
+        """The QP step alone, on the forecasts of :meth:`predict` (training encodes a whole chain at once).
 
         Parameters
         ----------
@@ -212,7 +212,7 @@ class E2ENet(nn.Module):
         return NetOutput(solution.x[..., :n], pred.mu, pred.cov, pred.risk_aversion, pred.deq, solution)
 
     def project_(self) -> None:
-        """Project constrained parameters back after an optimizer step (the decision layer's gate ``tau >= 0``)."""
+        """Project constrained parameters back after an optimizer step (the decision layer's ``tau >= 0``)."""
         project = getattr(self.qp, "project_", None)
         if project is not None:
             project()

@@ -29,13 +29,14 @@ import pandas as pd
 import torch
 
 from portfolio_layers.errors import ConfigError, DataError
+from portfolio_layers.models.build import build_net, threads
 from portfolio_layers.models.checkpoints import restore_fit, save_checkpoint
 from portfolio_layers.models.checks import check_fields, check_prices, number, previous_weights
-from portfolio_layers.models.build import build_net, threads
 from portfolio_layers.models.encoders import ENCODERS
 from portfolio_layers.models.inputs import broadcast_features, exogenous_input
 from portfolio_layers.models.losses import PERIODS_PER_YEAR
 from portfolio_layers.models.model import E2ENet
+from portfolio_layers.models.reporting import fit_tables
 from portfolio_layers.models.samples import WindowData
 from portfolio_layers.models.training import TrainConfig, TrainHistory, train
 from portfolio_layers.qp import Status as QPStatus
@@ -334,9 +335,11 @@ class E2EPortfolio:
             The price rows the strategy may see (``t-L .. t``); needs at least the feature warm-up plus
             ``window`` rows and ``cov_window + 1`` rows.
         current : ndarray of shape (n,), optional
-            Drifted weights before the trade, summing to 1, or zeros (or None) before the first trade; used
-            by a turnover limit, which binds against ``1/n`` when there are none (the backtest charges it
-            against 0). NaN, or nonzero weights not summing to 1, raise an ``InputError``.
+            Drifted weights before the trade, summing to 1, or zeros (or None) before the first trade; the
+            QP's trading cost is charged against them (none before the first trade: every fully invested
+            portfolio then costs the same) and a turnover limit binds against them (against ``1/n`` when
+            there are none; the backtest charges it against 0). NaN, or nonzero weights not summing to 1,
+            raise an ``InputError``.
         features : DataFrame of shape (rows, d) or (T_f, d), optional
             The exogenous features of these rows, as in :meth:`fit`: required (the same columns) when the
             model was fitted with features, refused when it was not; the last ``window`` rows must be known.
@@ -378,33 +381,15 @@ class E2EPortfolio:
     # -- results ------------------------------------------------------------------------------------
 
     def diagnostics(self) -> dict[str, pd.DataFrame]:
-        """Training curves and per-fit summaries.
+        """Training curves and per-fit summaries (see :func:`~portfolio_layers.models.reporting.fit_tables`).
 
         Returns
         -------
         dict
-            ``"training"``: one row per (fit date, epoch) with ``train_loss``, ``val_loss`` and the DEQ/QP
-            diagnostics; ``"fits"``: one row per fit with ``best_epoch``, ``epochs``, ``stopped_early``,
-            ``seconds``, ``n_train``, ``n_val``, ``from_checkpoint``.
+            ``"training"``: one row per (fit date, epoch); ``"fits"``: one row per fit, with the decision
+            layer's kept parameters.
         """
-        curves, fits = [], []
-        for date, history, loaded in self.histories_:
-            for epoch, (tr, va) in enumerate(zip(history.train_loss, history.val_loss, strict=True)):
-                diag = history.diagnostics[epoch] if epoch < len(history.diagnostics) else {}
-                curves.append({"fit_date": date, "epoch": epoch, "train_loss": tr, "val_loss": va, **diag})
-            fits.append(
-                {
-                    "fit_date": date,
-                    "best_epoch": history.best_epoch,
-                    "epochs": len(history.train_loss),
-                    "stopped_early": history.stopped_early,
-                    "seconds": history.seconds,
-                    "n_train": history.n_train,
-                    "n_val": history.n_val,
-                    "from_checkpoint": loaded,
-                }
-            )
-        return {"training": pd.DataFrame(curves), "fits": pd.DataFrame(fits)}
+        return fit_tables(self.histories_)
 
     @property
     def history_(self) -> TrainHistory | None:

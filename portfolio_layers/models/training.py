@@ -60,10 +60,10 @@ class TrainConfig:
     cost_bps : float
         Trading cost of the loss, against the model's own previous weights drifted to the decision row.
     chain : int
-        ``K``, consecutive rebalances per sample with a cost (or a turnover limit): decision ``j`` sees decision
-        ``j-1`` drifted to its row, with gradient through it, so that the loss sees the turnover the backtest
-        charges; the chain is started by one more decision computed without gradient (truncated backpropagation
-        through the rebalances). ``K = 1`` is a single decision after that starting one.
+        ``K``, consecutive rebalances per sample with a cost (or a turnover limit): decision ``j`` sees
+        decision ``j-1`` drifted to its row, with gradient through it, so that the loss sees the turnover
+        the backtest charges; the chain is started by one more decision computed without gradient (truncated
+        backpropagation through the rebalances). ``K = 1`` is a single decision after that starting one.
     risk_aversion : float
         Risk aversion of the ``"utility"`` loss.
     aux_mse : float
@@ -129,6 +129,9 @@ class TrainHistory:
         Number of training and validation samples.
     initial_val_loss : float
         Validation loss of the parameters before training (NaN without a validation split).
+    decision : dict
+        The kept parameters of the decision layer, when the network has one: ``tau`` (gate of the prior at
+        equal weight), ``cost_multiplier`` and ``risk_aversion``.
     """
 
     train_loss: tuple[float, ...]
@@ -140,6 +143,7 @@ class TrainHistory:
     n_train: int = 0
     n_val: int = 0
     initial_val_loss: float = float("nan")
+    decision: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         """Plain Python containers (for checkpoints and JSON)."""
@@ -196,8 +200,9 @@ def batch_loss(
     :func:`~portfolio_layers.models.losses.portfolio_loss`.
 
     With a cost (``cost_bps > 0``) or a network that uses previous weights, each sample is a chain of
-    decisions (:class:`~portfolio_layers.models.samples.Batch`): ``d_0`` is decided without previous weights and
-    without gradient; each of ``d_1 .. d_K`` sees the decision before it drifted to its row (with gradient), is
+    decisions (:class:`~portfolio_layers.models.samples.Batch`): ``d_0`` is decided without previous weights
+    and without gradient; each of ``d_1 .. d_K`` sees the decision before it drifted to its row (with
+    gradient), is
     charged the cost of its trade and scored on its ``H`` rows, and the loss is taken over the ``K H`` net
     returns together, as the engine would compute them. Without a cost the sample is its last decision alone.
     """
@@ -338,7 +343,8 @@ def train(
     start = time.perf_counter()
     if data.rebalance and chained(net, config) and data.chain != config.chain:
         raise ConfigError(
-            f"the samples hold chains of {data.chain} decisions but TrainConfig.chain is {config.chain}; build "
+            f"the samples hold chains of {data.chain} decisions but TrainConfig.chain is {config.chain}; "
+            "build "
             f"WindowData with chain={config.chain}"
         )
     rows = data.decision_rows()[:: config.stride]
@@ -442,7 +448,21 @@ def _train_loop(
         n_train=len(train_rows),
         n_val=len(val_rows),
         initial_val_loss=initial_val,
+        decision=_decision_parameters(net),
     )
+
+
+def _decision_parameters(net: nn.Module) -> dict:
+    """``tau``, ``cost_multiplier`` and ``risk_aversion`` of a network with a decision layer (else empty)."""
+    layer, out = getattr(net, "qp", None), {}
+    tau, kappa = getattr(layer, "tau", None), getattr(layer, "kappa", None)
+    if tau is not None:
+        out["tau"] = float(tau)
+    if kappa is not None:
+        out["cost_multiplier"] = float(kappa / layer.cost)
+    if isinstance(getattr(net, "risk_aversion", None), Tensor):
+        out["risk_aversion"] = float(net.risk_aversion)
+    return out
 
 
 def _copy_state(net: nn.Module) -> dict:

@@ -1,4 +1,4 @@
-"""Turnover-aware decisions: the cost term and the prior at equal weight in the QP, chained decisions in training."""
+"""Turnover-aware decisions: the QP's cost term and prior at equal weight, chained decisions in training."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def test_cost_per_year_puts_a_trade_in_annualised_units():
 
 
 def test_the_cost_term_matches_the_qp_it_stands_for():
-    """Against the same problem solved by brute force over a fine search (n = 3, a cost large enough to bind)."""
+    """Against a brute-force search over a fine grid (n = 3, a cost large enough to bind)."""
     P, mu, h = _problem(batch=1, n=3, seed=3)
     layer = DecisionLayer(3, cost=0.02, prior=False).double()
     w = layer.solve(P, mu, h).x[0].detach().numpy()
@@ -122,7 +122,9 @@ def test_an_untrained_model_holds_equal_weight_for_any_input(encoder):
                 w = net(x, cov, previous).weights
             torch.testing.assert_close(w, torch.full_like(w, 0.2), atol=1e-6, rtol=0)
     pto = E2EPortfolio(loss="mse")
-    assert pto.train.loss == "mse" and build_net(pto, 5, 4, F64).qp.tau > 0  # the two-stage model cannot learn tau
+    assert (
+        pto.train.loss == "mse" and build_net(pto, 5, 4, F64).qp.tau > 0
+    )  # the two-stage model cannot learn tau
 
 
 def test_the_gate_stays_non_negative_and_bad_settings_raise():
@@ -264,5 +266,7 @@ def test_training_starts_from_equal_weight_and_the_initial_state_competes(market
     history = train(net, data, TrainConfig(epochs=3, cost_bps=10.0, chain=2, lr=0.01, stride=3))
     assert np.isfinite(history.initial_val_loss) and len(history.train_loss) >= 1
     assert float(net.qp.tau) >= 0.0
+    assert set(history.decision) == {"tau", "cost_multiplier", "risk_aversion"}
+    assert history.decision["tau"] == pytest.approx(float(net.qp.tau))
     with pytest.raises(ConfigError, match="chain"):
         train(net, data, TrainConfig(epochs=1, cost_bps=10.0, chain=3))
