@@ -18,12 +18,14 @@ from portfolio_layers.qp.constraints import (
     weight_cap,
 )
 from portfolio_layers.qp.factor import FactorCov
+from portfolio_layers.qp.l1 import L1Cost
 from portfolio_layers.qp.layer import BACKENDS, QPLayer, solve_qp
 from portfolio_layers.qp.solution import QPSolution, Status
 
 __all__ = [
     "BACKENDS",
     "FactorCov",
+    "L1Cost",
     "LinearConstraints",
     "QPLayer",
     "QPSolution",
