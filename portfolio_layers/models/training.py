@@ -457,11 +457,11 @@ def _decision_parameters(net: nn.Module) -> dict:
     layer, out = getattr(net, "qp", None), {}
     tau, kappa = getattr(layer, "tau", None), getattr(layer, "kappa", None)
     if tau is not None:
-        out["tau"] = float(tau)
+        out["tau"] = float(tau.detach())
     if kappa is not None:
-        out["cost_multiplier"] = float(kappa / layer.cost)
+        out["cost_multiplier"] = float(kappa.detach() / layer.cost)
     if isinstance(getattr(net, "risk_aversion", None), Tensor):
-        out["risk_aversion"] = float(net.risk_aversion)
+        out["risk_aversion"] = float(net.risk_aversion.detach())
     return out
 
 
