@@ -426,7 +426,7 @@ def warm_state(d: QPData, x: Tensor, duals: IPMState | None, margin: float = 1e-
     trades ``u, v`` come from ``x - x0``, their multipliers are 1.
     """
     if d.l1 is not None:
-        d, x, duals = _split_warm(d, x, duals)
+        d, x, duals = _split_warm(d, x, duals, margin)
     bnd = Bounds.of(d)
     ml, mu, lb0, ub0 = bnd.has_lb, bnd.has_ub, bnd.lb, bnd.ub
     width = torch.where(ml & mu, (ub0 - lb0).clamp(max=1.0), 1.0)
@@ -455,14 +455,25 @@ def warm_state(d: QPData, x: Tensor, duals: IPMState | None, margin: float = 1e-
     return IPMState(x, s, lam, zl, zu, y)
 
 
-def _split_warm(d: QPData, x: Tensor, duals: IPMState | None) -> tuple[QPData, Tensor, IPMState | None]:
-    """The split problem of ``d``, the point ``[x, (x - x0)^+, (x - x0)^-]`` and its multipliers."""
+def _split_warm(
+    d: QPData, x: Tensor, duals: IPMState | None, margin: float
+) -> tuple[QPData, Tensor, IPMState | None]:
+    """The split problem of ``d``, the point ``[x, (x - x0)^+, (x - x0)^-]`` and its multipliers.
+
+    The multipliers of ``u, v >= 0`` say which way each asset trades: ``margin`` on the side it
+    trades (by more than ``margin``), 1 on the other (both 1 for an asset that holds).
+    """
     z = split(d)
     t = x - d.l1.x0
     xz = torch.cat([x, t.clamp_min(0.0), (-t).clamp_min(0.0)], -1)
+    one = torch.ones_like(t)
+    zu, zv = torch.where(t > margin, margin, one), torch.where(t < -margin, margin, one)
     if duals is None:
-        return z, xz, None
-    one, zero = torch.ones_like(t), torch.zeros_like(t)
+        ml, mu = torch.isfinite(d.lb), torch.isfinite(d.ub)
+        zl = torch.where(ml & (x - d.lb <= margin), one, margin)
+        zx = torch.where(mu & (d.ub - x <= margin), one, margin)
+        duals = IPMState(x, None, None if d.G is None else torch.ones_like(d.h), zl, zx, None)
+    zero = torch.zeros_like(t)
     lam = [v for v in (duals.lam, None if d.l1.tau is None else one[:, :1]) if v is not None]
     return (
         z,
@@ -471,8 +482,8 @@ def _split_warm(d: QPData, x: Tensor, duals: IPMState | None) -> tuple[QPData, T
             xz,
             None,
             torch.cat(lam, -1) if lam else None,
-            torch.cat([duals.zl, one, one], -1),
+            torch.cat([duals.zl, zu, zv], -1),
             torch.cat([duals.zu, zero, zero], -1),
-            zero if duals.y is None else torch.cat([duals.y, zero], -1),
+            torch.cat([t.new_zeros(t.shape[0], d.p) if duals.y is None else duals.y, zero], -1),
         ),
     )

@@ -83,9 +83,16 @@ def guess_split(
     upper = mu & (torch.where(mu, base.ub - xx, torch.inf) < zu[:, :n]) & ~lower
     flat = (u < zl[:, n : 2 * n]) & (v < zl[:, 2 * n :])
     sign = torch.where(flat, 0.0, torch.where(u >= v, 1.0, -1.0)).to(x.dtype)
+    sign = _bound_sign(base, d.l1.x0, lower, upper, sign)
     rows = None if m == 0 else s[:, :m] < lam[:, :m]
     limit = None if d.l1.tau is None else s[:, -1] < lam[:, -1]
     return SplitActive(lower, upper, flat & ~(lower | upper), sign, rows, limit)
+
+
+def _bound_sign(base: QPData, x0: Tensor, lower: Tensor, upper: Tensor, sign: Tensor) -> Tensor:
+    """``sign``, with the assets at a bound trading towards it: ``sign(bound - x0)`` (0 if equal)."""
+    at = torch.where(lower, base.lb, torch.where(upper, base.ub, x0))
+    return torch.where(lower | upper, torch.sign(at - x0), sign)
 
 
 def polish_split(d: QPData, act: SplitActive, shift: float, eps: float) -> SplitPolished:
@@ -134,7 +141,8 @@ def polish_split(d: QPData, act: SplitActive, shift: float, eps: float) -> Split
     ok = K.ok & torch.isfinite(x).all(-1)
     ok &= (free.to(dt) * (g + c * s)).abs().amax(-1) <= eps
     ok &= (zl >= -eps).all(-1) & (zu >= -eps).all(-1) & (zuv >= -eps).all(-1)
-    ok &= ((s == 0) | bound | (s * (x - x0) >= -eps * (1 + x0.abs()))).all(-1)
+    ok &= ((s == 0) | (s * (x - x0) >= -eps * (1 + x0.abs()))).all(-1)
+    ok &= (~bound | (s != 0) | ((x - x0).abs() <= eps * (1 + x0.abs()))).all(-1)
     ok &= ((x >= base.lb - eps * (1 + base.lb.abs())) & (x <= base.ub + eps * (1 + base.ub.abs()))).all(-1)
     if lam is not None:
         ok &= (lam >= -eps).all(-1) & (mv(base.G, x) <= base.h + eps * (1 + base.h.abs())).all(-1)
@@ -216,6 +224,7 @@ def _correct(
     upper = (keep_u | (free & (x > base.ub))) & ~lower
     freed = (a.lower & ~keep_l) | (a.upper & ~keep_u)
     sign = torch.where(freed & (sign == 0), torch.where(a.lower, 1.0, -1.0).to(x.dtype), sign)
+    sign = _bound_sign(base, L.x0, lower, upper, sign)
     rows = a.rows
     if rows is not None:
         rows = (rows & (lam >= -eps)) | (~rows & (mv(base.G, x) > base.h))

@@ -48,8 +48,8 @@ def _reference(prob: dict, x0, kappa, tau) -> np.ndarray:
         cons.append(cp.norm1(x - x0) <= float(tau))
     obj = 0.5 * cp.quad_form(x, cp.psd_wrap(0.5 * (P + P.T))) - q @ x + kappa @ cp.abs(x - x0)
     problem = cp.Problem(cp.Minimize(obj), cons)
-    problem.solve(solver="CLARABEL", tol_gap_abs=1e-12, tol_gap_rel=1e-12, tol_feas=1e-12, max_iter=300)
-    assert problem.status == "optimal", problem.status
+    problem.solve(solver="CLARABEL", tol_gap_abs=1e-11, tol_gap_rel=1e-11, tol_feas=1e-11, max_iter=300)
+    assert problem.status in ("optimal", "optimal_inaccurate"), problem.status
     return x.value
 
 
