@@ -20,7 +20,7 @@ from portfolio_layers.qp.active_set import (
 from portfolio_layers.qp.autograd import Carrier, IPMFunction
 from portfolio_layers.qp.constraints import LinearConstraints, lift
 from portfolio_layers.qp.factor import FactorCov, normalize
-from portfolio_layers.qp.ipm import InteriorPoint, IPMState, check_distinct_bounds, warm_state
+from portfolio_layers.qp.ipm import InteriorPoint, IPMState, check_distinct_bounds
 from portfolio_layers.qp.l1 import L1Cost, L1Data, attach, dense_split
 from portfolio_layers.qp.problem import (
     QPData,
@@ -31,6 +31,7 @@ from portfolio_layers.qp.problem import (
     raise_crossed_bounds,
 )
 from portfolio_layers.qp.solution import QPSolution
+from portfolio_layers.qp.warm import warm_state
 
 BACKENDS = ("auto", "ipm", "active_set", "qpth", "cvxpylayers")
 AUX_RIDGE = 1e-9
