@@ -10,12 +10,16 @@
 - :mod:`~portfolio_layers.models.checkpoints`: checkpoints of fits, damaged or unsafe files reported by name;
 - :mod:`~portfolio_layers.models.checks`: the checks shared by the entry points (settings, prices, weights);
 - :mod:`~portfolio_layers.models.strategy`: :class:`E2EPortfolio` (``fit``/``weights``), an engine strategy;
-- :mod:`~portfolio_layers.models.dro`: E2E-DRO decision layers (nominal QP, Hellinger/TV robust layers).
+- :mod:`~portfolio_layers.models.decision`: the turnover-aware decision layer (L1 cost against the drifted
+  previous weights, a gated prior at equal weight);
+- :mod:`~portfolio_layers.models.dro`: E2E-DRO decision layers (nominal QP, Hellinger/TV robust layers);
+- :mod:`~portfolio_layers.models.e2edro`: :class:`DROPortfolio`, the E2E-DRO strategies.
 """
 
 from __future__ import annotations
 
 from portfolio_layers.models.checkpoints import load_checkpoint, restore_fit, save_checkpoint
+from portfolio_layers.models.decision import DecisionLayer, cost_per_year
 from portfolio_layers.models.dro import (
     AMBIGUITY_SETS,
     DROLayer,
@@ -25,6 +29,7 @@ from portfolio_layers.models.dro import (
     nominal_layer,
     prediction_errors,
 )
+from portfolio_layers.models.e2edro import DROPortfolio
 from portfolio_layers.models.encoders import ENCODERS, LSTMEncoder, MLPEncoder, make_encoder
 from portfolio_layers.models.heads import ReturnHead, RiskHead, sample_covariance
 from portfolio_layers.models.losses import (
@@ -47,6 +52,8 @@ __all__ = [
     "ENCODERS",
     "Batch",
     "DROLayer",
+    "DROPortfolio",
+    "DecisionLayer",
     "E2ENet",
     "E2EPortfolio",
     "LSTMEncoder",
@@ -58,6 +65,7 @@ __all__ = [
     "TrainConfig",
     "TrainHistory",
     "WindowData",
+    "cost_per_year",
     "drift_weights",
     "dro_layer",
     "error_windows",

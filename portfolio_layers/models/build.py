@@ -4,25 +4,48 @@ strategy's data and fitting code): encoder, heads and the turnover-aware decisio
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 import torch
 
 from portfolio_layers.models.decision import DecisionLayer, cost_per_year
 from portfolio_layers.models.encoders import make_encoder
 from portfolio_layers.models.model import E2ENet
+from portfolio_layers.models.training import TrainConfig
 
-if TYPE_CHECKING:
-    from portfolio_layers.models.strategy import E2EPortfolio
+__all__ = ["PTO_PRIOR", "NetSpec", "build_net", "prior_init", "threads"]
 
-__all__ = ["PTO_PRIOR", "build_net", "prior_init", "threads"]
+
+class NetSpec(Protocol):
+    """The settings of a network, as an :class:`~portfolio_layers.models.strategy.E2EPortfolio` holds them
+    (a protocol, so that this module does not import the strategy that imports it)."""
+
+    encoder: str
+    encoder_options: Mapping[str, Any]
+    d_model: int
+    n_factors: int
+    max_weight: float | None
+    turnover_limit: float | None
+    rebalance: int
+    periods_per_year: float
+    decision_cost: float
+    prior: bool
+    prior_gate: float | None
+    blend_sample_cov: bool
+    blend_init: float
+    risk_aversion: float
+    return_scale: float
+    learn_risk_aversion: bool
+    train: TrainConfig
+
 
 #: Gate ``tau`` of the prior at equal weight for the two-stage ``loss="mse"`` model, which cannot learn it
 #: (its training never solves the QP); chosen on the development period (see backtests/results).
 PTO_PRIOR = 1.0
 
 
-def prior_init(model: E2EPortfolio) -> float:
+def prior_init(model: NetSpec) -> float:
     """The initial gate ``tau`` of the prior: ``model.prior_gate``, or 0 (an end-to-end model starts at equal
     weight and learns ``tau``), or :data:`PTO_PRIOR` for ``loss="mse"``."""
     if model.prior_gate is not None:
@@ -30,7 +53,7 @@ def prior_init(model: E2EPortfolio) -> float:
     return PTO_PRIOR if model.train.loss == "mse" else 0.0
 
 
-def build_net(model: E2EPortfolio, n_assets: int, n_features: int, dtype: torch.dtype) -> E2ENet:
+def build_net(model: NetSpec, n_assets: int, n_features: int, dtype: torch.dtype) -> E2ENet:
     """The network of ``model`` for ``n_assets`` assets and ``n_features`` features, seeded by its seed.
 
     The decision layer's cost is ``cost_per_year(train.cost_bps, periods_per_year, rebalance)`` times the
