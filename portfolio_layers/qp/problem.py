@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -24,8 +24,13 @@ from portfolio_layers.errors import (
 )
 from portfolio_layers.qp.factor import FactorCov
 
-if TYPE_CHECKING:
-    from portfolio_layers.qp.l1 import L1Data
+
+class BatchTaking(Protocol):
+    """A per-element record that can select batch elements (``L1Data`` of :mod:`portfolio_layers.qp.l1`, typed
+    by this protocol because that module imports this one)."""
+
+    def take(self, idx: Tensor) -> Any: ...
+
 
 _EXPECTED = (
     "expected P (*batch, n, n), q (*batch, n), A (*batch, p, n), b (*batch, p), G (*batch, m, n), "
@@ -79,7 +84,7 @@ class QPData:
     lb: Tensor
     ub: Tensor
     batch_shape: tuple[int, ...]
-    l1: L1Data | None = None
+    l1: BatchTaking | None = None
 
     @property
     def n(self) -> int:
