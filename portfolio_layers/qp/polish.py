@@ -18,7 +18,9 @@ active-set derivative).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -115,6 +117,41 @@ def polish(d: QPData, act: ActiveSet, shift: float, eps: float) -> Polished:
     return Polished(xc, y, lc, zl.clamp_min(0.0), zu.clamp_min(0.0), ok, act, K, x, g, lam)
 
 
+def corrected(
+    solve: Callable[[QPData, Any, float, float], Any],
+    correct: Callable[[QPData, Any, Any, Tensor, float], Any],
+    d: QPData,
+    act: Any,
+    shift: float,
+    eps: float,
+    rounds: int,
+) -> list[tuple[Tensor, Any]]:
+    """The one active-set correction loop of every polish: ``solve``, then up to ``rounds`` corrections.
+
+    ``solve(d, act, shift, eps)`` polishes every element of ``d`` with the active set ``act`` and returns
+    a record with a per-element ``ok`` and ``take``; ``correct(d, act, pol, bad, eps)`` gives the corrected
+    active set of the failed elements ``bad`` (``d`` and ``act`` already restricted to them). The loop stops
+    when all elements are accepted, after ``rounds`` corrections, or when a correction changes nothing.
+    Returns the accepted elements as chunks ``(indices into the batch of d, polished record)``.
+    """
+    out: list[tuple[Tensor, Any]] = []
+    idx = torch.arange(d.q.shape[0], device=d.q.device)
+    for r in range(rounds + 1):
+        pol = solve(d, act, shift, eps)
+        if bool(pol.ok.any()):
+            k = pol.ok.nonzero().squeeze(-1)
+            out.append((idx[k], pol.take(k)))
+        bad = (~pol.ok).nonzero().squeeze(-1)
+        if bad.numel() == 0 or r == rounds:
+            break
+        d, a = d.take(bad), act.take(bad)
+        new = correct(d, a, pol, bad, eps)
+        if _same(new, a):
+            break
+        act, idx = new, idx[bad]
+    return out
+
+
 def polish_corrected(
     d: QPData, act: ActiveSet, shift: float, eps: float, rounds: int = 5
 ) -> list[tuple[Tensor, Polished]]:
@@ -124,31 +161,23 @@ def polish_corrected(
     and drops the active ones whose multiplier came out negative (a primal-dual active-set step).
     Returns the successful elements as chunks ``(indices into the batch of d, Polished)``.
     """
-    out: list[tuple[Tensor, Polished]] = []
-    idx = torch.arange(d.P.shape[0], device=d.P.device)
-    for r in range(rounds + 1):
-        pol = polish(d, act, shift, eps)
-        if bool(pol.ok.any()):
-            k = pol.ok.nonzero().squeeze(-1)
-            out.append((idx[k], pol.take(k)))
-        bad = (~pol.ok).nonzero().squeeze(-1)
-        if bad.numel() == 0 or r == rounds:
-            break
-        d, a = d.take(bad), act.take(bad)
-        g_raw, x_raw = pol.g_raw[bad], pol.x_raw[bad]  # (not pol.take: its factorization is discarded)
-        free = ~(a.lower | a.upper)
-        lower = (a.lower & (g_raw >= -eps)) | (free & (x_raw < d.lb))
-        upper = (a.upper & (-g_raw >= -eps)) | (free & (x_raw > d.ub))
-        rows = a.rows
-        if rows is not None:
-            rows = (rows & (pol.lam_raw[bad] >= -eps)) | (~rows & (mv(d.G, x_raw) > d.h))
-        new = ActiveSet(lower, upper & ~lower, rows)
-        if _same(new, a):
-            break
-        act, idx = new, idx[bad]
-    return out
+    return corrected(polish, _correct, d, act, shift, eps, rounds)
 
 
-def _same(a: ActiveSet, b: ActiveSet) -> bool:
-    same = torch.equal(a.lower, b.lower) and torch.equal(a.upper, b.upper)
-    return same and (a.rows is None or torch.equal(a.rows, b.rows))
+def _correct(d: QPData, a: ActiveSet, pol: Polished, bad: Tensor, eps: float) -> ActiveSet:
+    g_raw, x_raw = pol.g_raw[bad], pol.x_raw[bad]  # (not pol.take: its factorization is discarded)
+    free = ~(a.lower | a.upper)
+    lower = (a.lower & (g_raw >= -eps)) | (free & (x_raw < d.lb))
+    upper = (a.upper & (-g_raw >= -eps)) | (free & (x_raw > d.ub))
+    rows = a.rows
+    if rows is not None:
+        rows = (rows & (pol.lam_raw[bad] >= -eps)) | (~rows & (mv(d.G, x_raw) > d.h))
+    return ActiveSet(lower, upper & ~lower, rows)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Whether two active-set records hold the same masks (fields that are None on both count as equal)."""
+    pairs = ((getattr(a, f.name), getattr(b, f.name)) for f in fields(a))
+    return all(
+        (u is None and v is None) or (u is not None and v is not None and torch.equal(u, v)) for u, v in pairs
+    )

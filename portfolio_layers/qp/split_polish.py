@@ -26,6 +26,7 @@ from torch import Tensor
 from portfolio_layers.qp.kkt import AUGMENT, ActiveKKT, factor_active, mtv, mv
 from portfolio_layers.qp.l1 import core
 from portfolio_layers.qp.lowrank import ActiveLowRankKKT
+from portfolio_layers.qp.polish import corrected
 from portfolio_layers.qp.problem import BatchRecord, QPData
 
 
@@ -179,28 +180,15 @@ def polish_split_corrected(
 
     A correction starts trading a held asset whose multiplier left ``[-c, c]``, holds a trading asset
     that crossed ``x0``, fixes violated bounds and rows, and frees those with a negative multiplier.
-    Returns the accepted elements as chunks ``(indices into the batch of d, SplitPolished)``.
+    Returns the accepted elements as chunks ``(indices into the batch of d, SplitPolished)``; the loop is
+    :func:`portfolio_layers.qp.polish.corrected`.
     """
-    out: list[tuple[Tensor, SplitPolished]] = []
-    idx = torch.arange(d.q.shape[0], device=d.q.device)
-    for r in range(rounds + 1):
-        pol = polish_split(d, act, shift, eps)
-        if bool(pol.ok.any()):
-            k = pol.ok.nonzero().squeeze(-1)
-            out.append((idx[k], pol.take(k)))
-        bad = (~pol.ok).nonzero().squeeze(-1)
-        if bad.numel() == 0 or r == rounds:
-            break
-        d, a = d.take(bad), act.take(bad)
-        lam = None if pol.lam_raw is None else pol.lam_raw[bad]
-        new = _correct(d, a, pol.x_raw[bad], pol.g[bad], pol.zuv[bad], pol.lt[bad], lam, eps)
-        if all(
-            (u is None and v is None) or torch.equal(u, v)
-            for u, v in zip(vars(new).values(), vars(a).values(), strict=True)
-        ):
-            break
-        act, idx = new, idx[bad]
-    return out
+    return corrected(polish_split, _correct_failed, d, act, shift, eps, rounds)
+
+
+def _correct_failed(d: QPData, a: SplitActive, pol: SplitPolished, bad: Tensor, eps: float) -> SplitActive:
+    lam = None if pol.lam_raw is None else pol.lam_raw[bad]
+    return _correct(d, a, pol.x_raw[bad], pol.g[bad], pol.zuv[bad], pol.lt[bad], lam, eps)
 
 
 def _correct(
