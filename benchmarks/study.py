@@ -100,8 +100,8 @@ def main(argv: list[str] | None = None) -> int:
             "",
             f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.processor() or platform.machine()}, "
             f"{os.cpu_count()} cores, Python {platform.python_version()}; load average at the end "
-            f"{load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f} (the cores were shared with other jobs: times are "
-            "noisy and inflated). Command: `python benchmarks/study.py "
+            f"{load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f} (a load above the workers' own means other jobs "
+            "shared the cores). Command: `python benchmarks/study.py "
             + " ".join(argv or sys.argv[1:])
             + "`.",
             "",
