@@ -202,8 +202,8 @@ def test_fit_ignores_the_features_of_its_last_row() -> None:
     moved = features.copy()
     moved.iloc[-1] += 1.0
     b = DROPortfolio(**kw).fit(prices, moved)
-    # A leak of the moved row (+1.0) would move the parameters by far more than 1e-12; below that, two fits differ
-    # only by the order of floating-point reductions (seen: up to 9e-15 between identical fits).
+    # A leak of the moved row (+1.0) would move the parameters by far more than 1e-12; below that, two fits
+    # differ only by the order of floating-point reductions (seen: up to 9e-15 between identical fits).
     for p, q in zip(a.net_.parameters(), b.net_.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=0, atol=1e-12)
 

@@ -1,4 +1,4 @@
-"""Factor-form cost ``FactorCov(F, d)``: agreement with the dense ``P = F F' + diag(d)``, gradients, errors."""
+"""FactorCov(F, d): agreement with the dense P = F F' + diag(d), gradients and errors."""
 
 from __future__ import annotations
 
@@ -142,11 +142,16 @@ def test_kkt_factorizations_match_dense() -> None:
     """The low-rank factorizations solve the same systems as the dense ones, through the same interface."""
     g = torch.Generator().manual_seed(6)
     B, n, k, p, m = 3, 8, 2, 2, 3
-    P = FactorCov(torch.randn(B, n, k, generator=g, dtype=F64), 0.1 + torch.rand(B, n, generator=g, dtype=F64))
+    P = FactorCov(
+        torch.randn(B, n, k, generator=g, dtype=F64), 0.1 + torch.rand(B, n, generator=g, dtype=F64)
+    )
     A, G = torch.randn(B, p, n, generator=g, dtype=F64), torch.randn(B, m, n, generator=g, dtype=F64)
     d_G, d_x = torch.rand(B, m, generator=g, dtype=F64) + 0.1, _barrier(g, B, n)
     r1, r2 = torch.randn(B, n, generator=g, dtype=F64), torch.randn(B, p, generator=g, dtype=F64)
-    for K in (factor_newton(P, A, G, d_G, d_x, 1e-13, {}), factor_newton(P.dense(), A, G, d_G, d_x, 1e-13, {})):
+    for K in (
+        factor_newton(P, A, G, d_G, d_x, 1e-13, {}),
+        factor_newton(P.dense(), A, G, d_G, d_x, 1e-13, {}),
+    ):
         dx, dy = K.solve(r1, r2)
         H = reduced_matrix(P.dense(), G, d_G, d_x)
         assert torch.allclose((H @ dx[..., None]).squeeze(-1) + (A.mT @ dy[..., None]).squeeze(-1), r1)
@@ -187,7 +192,10 @@ def test_broadcasting_and_batch_equals_loop() -> None:
 def test_float32_close_to_float64() -> None:
     qp64 = factor_qp(8, 20, 3, "portfolio")
     qp32 = factor_qp(8, 20, 3, "portfolio", dtype=torch.float32)
-    (x64, x32) = (solve_qp(FactorCov(v["F"], v["d"]), v["q"], v["A"], v["b"], lb=0.0, ub=v["ub"]).x for v in (qp64, qp32))
+    (x64, x32) = (
+        solve_qp(FactorCov(v["F"], v["d"]), v["q"], v["A"], v["b"], lb=0.0, ub=v["ub"]).x
+        for v in (qp64, qp32)
+    )
     assert x32.dtype == torch.float32
     assert torch.allclose(x32.double(), x64, atol=1e-4)
 
