@@ -22,11 +22,9 @@ price rows (the engine slices both alike, so a decision at row t sees features d
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import time
 import warnings
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -34,6 +32,7 @@ import pandas as pd
 import torch
 
 from portfolio_layers.errors import ConfigError, DataError, InputError
+from portfolio_layers.models.build import threads
 from portfolio_layers.models.checks import check_fields, check_prices, number, previous_weights
 from portfolio_layers.models.e2edro_cv import EPOCH_GRID, LR_GRID, cross_validate
 from portfolio_layers.models.e2edro_net import (
@@ -48,18 +47,6 @@ from portfolio_layers.models.e2edro_net import (
 from portfolio_layers.models.losses import PERIODS_PER_YEAR
 
 __all__ = ["EPOCH_GRID", "LR_GRID", "DROPortfolio", "cross_validate", "make_panel"]
-
-
-@contextlib.contextmanager
-def _threads(n: int | None) -> Iterator[None]:
-    """Torch intra-op threads for a block, restored afterwards (``None`` leaves them)."""
-    before = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def make_panel(
@@ -252,7 +239,7 @@ class DROPortfolio:
         -------
         self
         """
-        with _threads(self.num_threads):
+        with threads(self.num_threads):
             return self._fit(prices, features)
 
     def _fit(self, prices: pd.DataFrame, features: pd.DataFrame | None) -> DROPortfolio:
@@ -335,7 +322,7 @@ class DROPortfolio:
         ndarray of shape (n,)
             Long-only weights summing to 1.
         """
-        with _threads(self.num_threads):
+        with threads(self.num_threads):
             where = f"{self.name}.weights"
             if self.net_ is None:
                 raise ConfigError(f"{where}: call fit(prices, features) before weights(...)")

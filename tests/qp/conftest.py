@@ -16,7 +16,12 @@ def random_qp(seed: int, n: int, *, batch: tuple[int, ...] = (), mix: str = "all
     F = torch.randn(*batch, n, n, generator=g, dtype=F64)
     P = F @ F.mT / n + 0.05 * torch.eye(n, dtype=F64)
     q = torch.randn(*batch, n, generator=g, dtype=F64)
-    out = {"P": P, "q": q}
+    return with_constraints({"P": P, "q": q}, n, mix, g, dtype)
+
+
+def with_constraints(out: dict, n: int, mix: str, g: torch.Generator, dtype=F64) -> dict:
+    """Add feasible random constraints of the mix ('box', 'eq', 'ineq', 'all', 'portfolio') to a QP's data
+    and cast its tensors to ``dtype``."""
     x_feas = torch.rand(n, generator=g, dtype=F64) * 0.5 + 0.1  # strictly inside [0, 1]
     if mix in ("box", "all"):
         out["lb"], out["ub"] = torch.zeros(n, dtype=F64), torch.ones(n, dtype=F64)

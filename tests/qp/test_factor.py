@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import clarabel_solve
 
 from portfolio_layers.errors import InputError, NonFiniteError, NotPSDError, ShapeError
 from portfolio_layers.qp import (
@@ -25,6 +24,7 @@ from portfolio_layers.qp.kkt import (
     factor_point,
     reduced_matrix,
 )
+from tests.qp.conftest import clarabel_solve, with_constraints
 
 F64 = torch.float64
 MIXES = ("none", "box", "eq", "ineq", "all", "portfolio")
@@ -38,19 +38,7 @@ def factor_qp(seed: int, n: int, k: int, mix: str, batch: tuple[int, ...] = (3,)
         "d": 0.05 + 0.2 * torch.rand(*batch, n, generator=g, dtype=F64),
         "q": torch.randn(*batch, n, generator=g, dtype=F64),
     }
-    x_feas = 0.1 + 0.5 * torch.rand(n, generator=g, dtype=F64)
-    if mix in ("box", "all"):
-        out["lb"], out["ub"] = torch.zeros(n, dtype=F64), torch.ones(n, dtype=F64)
-    if mix in ("eq", "all"):
-        A = torch.randn(2, n, generator=g, dtype=F64)
-        out["A"], out["b"] = A, A @ x_feas
-    if mix in ("ineq", "all"):
-        G = torch.randn(3, n, generator=g, dtype=F64)
-        out["G"], out["h"] = G, G @ x_feas + 0.05
-    if mix == "portfolio":
-        out["A"], out["b"] = torch.ones(1, n, dtype=F64), torch.ones(1, dtype=F64)
-        out["lb"], out["ub"] = 0.0, max(0.3, 2.0 / n)
-    return {key: (v.to(dtype) if isinstance(v, torch.Tensor) else v) for key, v in out.items()}
+    return with_constraints(out, n, mix, g, dtype)
 
 
 def split(qp: dict) -> tuple[torch.Tensor, torch.Tensor, dict]:

@@ -6,7 +6,6 @@ import cvxpy as cp
 import numpy as np
 import pytest
 import torch
-from conftest import F64, random_qp
 
 from portfolio_layers.errors import ConfigError, ShapeError
 from portfolio_layers.qp import (
@@ -23,6 +22,7 @@ from portfolio_layers.qp.constraints import lift
 from portfolio_layers.qp.ipm import InteriorPoint
 from portfolio_layers.qp.l1 import attach
 from portfolio_layers.qp.problem import canonicalize
+from tests.qp.conftest import F64, random_qp
 
 
 def _reference(prob: dict, x0, kappa, tau) -> np.ndarray:

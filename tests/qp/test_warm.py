@@ -7,9 +7,9 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from conftest import F64, random_qp
 
 from portfolio_layers.qp import FactorCov, L1Cost, solve_qp
+from tests.qp.conftest import F64, random_qp
 
 
 def _nudged(prob: dict, scale: float, seed: int = 5) -> dict:
