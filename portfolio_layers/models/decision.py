@@ -76,6 +76,16 @@ def cost_per_year(cost_bps: float, periods_per_year: float, rebalance: int) -> f
     return cost_bps / 1e4 * periods_per_year / rebalance
 
 
+def check_cap(max_weight: float | None, n_assets: int) -> None:
+    """Raise :class:`ConfigError` unless ``max_weight`` is None or in ``[1/n, 1]`` (a cap that allows full
+    investment)."""
+    if max_weight is not None and not (0 < max_weight <= 1 and n_assets * max_weight >= 1.0 - 1e-12):
+        raise ConfigError(
+            f"max_weight={max_weight} with {n_assets} assets cannot be fully invested (need "
+            f"1/n <= max_weight <= 1); use max_weight >= {1.0 / n_assets:.4f}"
+        )
+
+
 class DecisionLayer(nn.Module):
     """Long-only, fully invested QP with a trading cost against ``h_prev`` and a gated prior at ``1/n``.
 
@@ -119,11 +129,7 @@ class DecisionLayer(nn.Module):
         super().__init__()
         if n_assets < 1:
             raise ConfigError(f"n_assets must be >= 1, got {n_assets}")
-        if max_weight is not None and not (0 < max_weight <= 1 and n_assets * max_weight >= 1.0 - 1e-12):
-            raise ConfigError(
-                f"max_weight={max_weight} with {n_assets} assets cannot be fully invested (need "
-                f"1/n <= max_weight <= 1); use max_weight >= {1.0 / n_assets:.4f}"
-            )
+        check_cap(max_weight, n_assets)
         if turnover_limit is not None and not turnover_limit >= 0:
             raise ConfigError(f"turnover_limit must be >= 0, got {turnover_limit}")
         if not (cost >= 0 and cost_multiplier >= 0 and prior_init >= 0):

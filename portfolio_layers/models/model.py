@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from portfolio_layers.errors import ConfigError, ShapeError
-from portfolio_layers.models.decision import DecisionLayer
+from portfolio_layers.models.decision import DecisionLayer, check_cap
 from portfolio_layers.models.heads import ReturnHead, RiskHead
 
 __all__ = ["E2ENet", "NetOutput", "portfolio_qp_layer"]
@@ -86,11 +86,7 @@ def portfolio_qp_layer(
     """
     from portfolio_layers import qp
 
-    if max_weight is not None and not (0 < max_weight <= 1 and n_assets * max_weight >= 1.0 - 1e-12):
-        raise ConfigError(
-            f"max_weight={max_weight} with {n_assets} assets cannot be fully invested (need "
-            f"1/n <= max_weight <= 1); use max_weight >= {1.0 / n_assets:.4f}"
-        )
+    check_cap(max_weight, n_assets)
     constraints = qp.fully_invested(n_assets) & qp.long_only(n_assets)
     if max_weight is not None:
         constraints = constraints & qp.weight_cap(n_assets, max_weight)
