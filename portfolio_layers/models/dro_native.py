@@ -84,7 +84,7 @@ def _longest(s: Tensor, lam: Tensor, ds: Tensor, dlam: Tensor) -> Tensor:
     return torch.where(d < 0, -both / d, torch.full_like(d, torch.inf)).amin(-1).clamp(max=1.0)
 
 
-def interior_point(problem: _Problem, settings: IPMSettings) -> tuple[Tensor, Tensor, Tensor, Tensor, int]:
+def interior_point(problem: _Problem, settings: IPMSettings) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Run the batched primal-dual interior point on ``problem``.
 
     Slacks ``s = -g(x)`` are variables (``g(x) + s = 0`` holds at convergence), so that the step to the
@@ -92,6 +92,10 @@ def interior_point(problem: _Problem, settings: IPMSettings) -> tuple[Tensor, Te
     jam an iterate against them. Each step is Mehrotra's predictor-corrector: an affine direction, the
     centring ``sigma = (mu_aff / mu)^3``, a corrected direction, 0.99 of the longest step keeping
     ``s, lam > 0``, halved while ``x`` is outside the domain of ``f``.
+
+    The elements are independent: an element that meets the tolerance leaves the batch (its iterate is
+    final), and the others go on as a smaller batch (``problem.subset``), so that the cost of a step
+    follows the elements still running rather than the slowest one.
 
     Returns
     -------
@@ -101,7 +105,8 @@ def interior_point(problem: _Problem, settings: IPMSettings) -> tuple[Tensor, Te
     s : Tensor of shape (B, m)
         Slacks, ``-g(x)`` to the tolerance.
     converged : Tensor of shape (B,), bool
-    iterations : int
+    iterations : Tensor of shape (B,), int64
+        Newton steps taken by each element.
     """
     x = problem.start()
     B, nx, m = x.shape[0], problem.nx, problem.m
@@ -110,9 +115,11 @@ def interior_point(problem: _Problem, settings: IPMSettings) -> tuple[Tensor, Te
     s = -problem.constraints(x)
     lam = 1.0 / (s * m)
     nu = x.new_zeros(B)
-    converged = torch.zeros(B, dtype=torch.bool, device=x.device)
-    iterations = 0
-    for iterations in range(1, settings.max_iter + 1):  # noqa: B007 (the count is returned)
+    out = [x.clone(), lam.clone(), s.clone()]
+    converged_out = torch.zeros(B, dtype=torch.bool, device=x.device)
+    iterations = torch.full((B,), settings.max_iter, dtype=torch.long, device=x.device)
+    active = torch.arange(B, device=x.device)  # the elements still running, in the batch order
+    for it in range(settings.max_iter):
         f, grad = problem.objective(x)
         r_d = grad + problem.jac_t(x, lam) + nu[:, None] * a
         r_g = problem.constraints(x) + s
@@ -120,8 +127,18 @@ def interior_point(problem: _Problem, settings: IPMSettings) -> tuple[Tensor, Te
         worst = torch.maximum(r_d.abs().amax(-1), r_g.abs().amax(-1))
         scale = 1.0 + grad.abs().amax(-1)  # relative test: gamma y_hat may dwarf the unit-scale risk
         converged = (worst <= settings.tol * scale) & (gap <= settings.tol * (1.0 + f.abs()))
-        if bool(converged.all()):
-            break
+        if bool(converged.any()):
+            done = active[converged]
+            for o, v in zip(out, (x, lam, s), strict=True):
+                o[done] = v[converged]
+            converged_out[done] = True
+            iterations[done] = it
+            keep = ~converged
+            if not bool(keep.any()):
+                break
+            active, x, lam, s, nu = active[keep], x[keep], lam[keep], s[keep], nu[keep]
+            r_d, r_g, gap = r_d[keep], r_g[keep], gap[keep]
+            problem = problem.subset(keep)
         solve = problem.newton(x, lam, lam / s)
         r_p = (1.0 - x @ a)[:, None]
         state = (problem, solve, x, lam, s, r_d, r_g, r_p)
@@ -133,10 +150,10 @@ def interior_point(problem: _Problem, settings: IPMSettings) -> tuple[Tensor, Te
         target = torch.maximum(sigma * mu, mu.new_tensor(0.01 * settings.tol / m))  # no faster than r_d, r_g
         dx, dnu, dlam, ds = _direction(*state, s * lam - target[:, None] + ds * dlam)  # corrector
         step = torch.maximum(0.99 * mu.new_ones(()), 1.0 - mu).clamp(max=1.0) * _longest(s, lam, ds, dlam)
-        todo = ~converged
+        todo = torch.ones_like(step, dtype=torch.bool)
         for _ in range(settings.max_backtracks):  # keep x in the domain of f
             xs = x + step[:, None] * dx
-            ok = torch.isfinite(problem.objective(xs)[0])
+            ok = problem.in_domain(xs)
             accept = todo & ok
             x = torch.where(accept[:, None], xs, x)
             lam = torch.where(accept[:, None], lam + step[:, None] * dlam, lam)
@@ -146,7 +163,10 @@ def interior_point(problem: _Problem, settings: IPMSettings) -> tuple[Tensor, Te
             if not bool(todo.any()):
                 break
             step = torch.where(todo, step * settings.backtrack, step)
-    return x, lam, s, converged, iterations
+    else:  # max_iter steps: the elements still running keep their last iterate, not converged
+        for o, v in zip(out, (x, lam, s), strict=True):
+            o[active] = v
+    return *out, converged_out, iterations
 
 
 #: Hellinger multiplier ``lam`` (unit scale) below which a solve that did not converge is taken to have
