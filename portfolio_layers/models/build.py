@@ -4,17 +4,19 @@ strategy's data and fitting code): encoder, heads and the turnover-aware decisio
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Mapping
 from typing import Any, Protocol
 
 import torch
 
+from portfolio_layers.errors import ConfigError
 from portfolio_layers.models.decision import DecisionLayer, cost_per_year
 from portfolio_layers.models.encoders import make_encoder
 from portfolio_layers.models.model import E2ENet
 from portfolio_layers.models.training import TrainConfig
 
-__all__ = ["PTO_PRIOR", "NetSpec", "build_net", "prior_init", "threads"]
+__all__ = ["PTO_PRIOR", "NetSpec", "build_net", "prior_init", "risk_form_field", "threads"]
 
 
 class NetSpec(Protocol):
@@ -37,7 +39,30 @@ class NetSpec(Protocol):
     risk_aversion: float
     return_scale: float
     learn_risk_aversion: bool
+    risk_form: str
     train: TrainConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class _Choice:
+    """The values a string setting accepts (checked by :func:`~portfolio_layers.models.checks.check_fields`)."""
+
+    values: tuple[str, ...]
+
+    def check(self, where: str, value: object) -> None:
+        if value not in self.values:
+            raise ConfigError(f"{where} must be one of {', '.join(map(repr, self.values))}, got {value!r}.")
+
+
+def risk_form_field() -> Any:
+    """The ``risk_form`` setting of a strategy, ``"auto"`` (default) or ``"dense"``, checked at construction.
+
+    ``"factor"`` is not offered: the strategy's samples follow ``"auto"``
+    (:class:`~portfolio_layers.models.samples.WindowData`), which gives dense sample covariances for at most
+    :data:`~portfolio_layers.models.heads.FACTOR_MIN_ASSETS` assets. A setting of the run (left out of the
+    checkpoint fingerprint): the dense and factor forms give the same weights and gradients up to rounding.
+    """
+    return dataclasses.field(default="auto", metadata={"run": True, "range": _Choice(("auto", "dense"))})
 
 
 #: Gate ``tau`` of the prior at equal weight for the two-stage ``loss="mse"`` model, which cannot learn it
@@ -57,8 +82,17 @@ def build_net(model: NetSpec, n_assets: int, n_features: int, dtype: torch.dtype
     """The network of ``model`` for ``n_assets`` assets and ``n_features`` features, seeded by its seed.
 
     The decision layer's cost is ``cost_per_year(train.cost_bps, periods_per_year, rebalance)`` times the
-    learned multiplier (initially ``decision_cost``; 0 drops the term).
+    learned multiplier (initially ``decision_cost``; 0 drops the term). ``loss="mse"`` scores the dense
+    covariance, so its network is dense (``risk_form="auto"``; ``"factor"`` is refused).
     """
+    risk_form = model.risk_form
+    if model.train.loss == "mse":
+        if risk_form == "factor":
+            raise ConfigError(
+                "risk_form='factor' does not support loss='mse' (its loss compares the dense covariance with "
+                "realised second moments); use risk_form='auto' or 'dense'"
+            )
+        risk_form = "dense"
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(model.train.seed)
         encoder = make_encoder(model.encoder, n_features, model.d_model, **model.encoder_options)
@@ -81,6 +115,7 @@ def build_net(model: NetSpec, n_assets: int, n_features: int, dtype: torch.dtype
             risk_aversion=model.risk_aversion,
             return_scale=model.return_scale,
             learn_risk_aversion=model.learn_risk_aversion,
+            risk_form=risk_form,
         )
     return net.to(dtype)
 

@@ -37,6 +37,17 @@ The absolute value is lifted with auxiliary variables ``t >= |w - h|`` (``2n`` r
 ``-w - t <= -h``), priced ``tau * kappa`` each; a turnover limit is the row ``sum t <= turnover_limit`` on the
 same ``t``. The QP is solved by :func:`portfolio_layers.qp.solve_qp`, which differentiates the solution with
 respect to ``P``, ``mu``, ``h`` (through the right-hand side of the lifted rows), ``kappa`` and ``tau``.
+
+**Factor form.** ``P`` may be a :class:`~portfolio_layers.qp.FactorCov` ``F F' + diag(d)`` (what the risk
+head gives for many assets). The layer then solves the same problem without any ``n x n`` matrix: the prior
+keeps the factor form (``tau P + lam I = (sqrt(tau) F)(sqrt(tau) F)' + diag(tau d + lam)``, ``lam`` the mean
+of ``diag P``) and the cost and the turnover limit go to the QP layer's native L1 term
+(:class:`~portfolio_layers.qp.L1Cost`) instead of the lifted rows (``2n`` inequality rows would make the
+factor-form systems as large as dense ones). The two forms solve the same problem; the lifted one has the
+ridge ``AUX_RIDGE`` on ``t``, which moves the weights by about ``1e-10`` (the tests compare them to
+``1e-8``). ``sqrt(tau)`` is taken as ``sqrt(tau + tiny)`` (``tiny`` the smallest normal number of the
+dtype), so that its derivative stays finite at the initial ``tau = 0``; the gradient to ``tau`` is then
+that of the dense form.
 """
 
 from __future__ import annotations
@@ -47,6 +58,7 @@ import torch
 from torch import Tensor, nn
 
 from portfolio_layers.errors import ConfigError, ShapeError
+from portfolio_layers.qp import FactorCov, L1Cost, solve_qp
 
 __all__ = ["DecisionLayer", "cost_per_year"]
 
@@ -170,13 +182,14 @@ class DecisionLayer(nn.Module):
         if self.prior_gate is not None:
             self.prior_gate.clamp_(min=0.0)
 
-    def solve(self, P: Tensor, mu: Tensor, previous: Tensor | None = None):
+    def solve(self, P: Tensor | FactorCov, mu: Tensor, previous: Tensor | None = None):
         """Solve the decision QP.
 
         Parameters
         ----------
-        P : Tensor of shape (batch, n, n)
-            ``gamma * Sigma`` (positive definite).
+        P : Tensor of shape (batch, n, n) or FactorCov
+            ``gamma * Sigma`` (positive definite), dense or in factor form (``F (batch, n, k)``,
+            ``d (batch, n) > 0``; see the module docstring).
         mu : Tensor of shape (batch, n)
             Expected returns.
         previous : Tensor of shape (batch, n), optional
@@ -189,16 +202,16 @@ class DecisionLayer(nn.Module):
         portfolio_layers.qp.QPSolution
             ``x (batch, n)`` (the weights; the auxiliary variables are dropped from ``x``) and the statuses.
         """
-        from portfolio_layers.qp import solve_qp
-
         n = self.n
-        if P.dim() != 3 or mu.dim() != 2 or P.shape[-1] != n or mu.shape != P.shape[:2]:
+        if len(P.shape) != 3 or mu.dim() != 2 or P.shape[-1] != n or mu.shape != P.shape[:2]:
             raise ShapeError(
                 f"DecisionLayer(n={n}) expects P (batch, n, n) and mu (batch, n), got {tuple(P.shape)} and "
                 f"{tuple(mu.shape)}"
             )
         if previous is not None and previous.shape != mu.shape:
             raise ShapeError(f"previous must have shape {tuple(mu.shape)}, got {tuple(previous.shape)}")
+        if isinstance(P, FactorCov):
+            return self._solve_factor(P, mu, previous)
         batch, dt, dev = mu.shape[0], mu.dtype, mu.device
         eye = torch.eye(n, dtype=dt, device=dev)
         if self.prior_gate is None:
@@ -245,12 +258,36 @@ class DecisionLayer(nn.Module):
             G = torch.cat([G, row], -2)
             h = torch.cat([h, torch.full((batch, 1), float(self.turnover_limit), dtype=dt, device=dev)], -1)
         lb = torch.cat([torch.zeros(n), torch.full((n,), -math.inf)]).to(dt).to(dev)
-        ub = torch.cat([torch.full((n,), cap), torch.full((n,), math.inf)]).to(dt).to(dev)
+        ub = torch.cat([torch.full((n,), cap, dtype=dt), torch.full((n,), math.inf, dtype=dt)]).to(dev)  # cap in dt
         sol = solve_qp(
             P_lift, q_lift, A, torch.ones(batch, 1, dtype=dt, device=dev), G, h, lb, ub,
             tol=self.tol, max_iter=self.max_iter, throw=False,
         )  # fmt: skip
         return _weights_only(sol, n)
+
+    def _solve_factor(self, P: FactorCov, mu: Tensor, previous: Tensor | None):
+        """The same problem with ``P`` in factor form and the cost as a native L1 term (module docstring)."""
+        n, batch, dt, dev = self.n, mu.shape[0], mu.dtype, mu.device
+        if self.prior_gate is None:
+            Pw, q = P, mu
+            tau = torch.ones((), dtype=dt, device=dev)
+        else:
+            tau = self.tau.to(dt)
+            lam = P.diagonal().mean(-1)[:, None]  # (batch, 1)
+            root = (tau + torch.finfo(dt).tiny).sqrt()
+            Pw = FactorCov(root * P.F, tau * P.d + lam)
+            q = tau * mu + lam / n
+        if previous is None and self.turnover_limit is not None:
+            previous = torch.full_like(mu, 1.0 / n)
+        l1 = None
+        if previous is not None and self.needs_x0:
+            kappa = 0.0 if self.kappa is None else tau * self.kappa
+            l1 = L1Cost(previous, kappa, self.turnover_limit)
+        cap = math.inf if self.max_weight is None else self.max_weight
+        return solve_qp(
+            Pw, q, torch.ones(batch, 1, n, dtype=dt, device=dev), torch.ones(batch, 1, dtype=dt, device=dev),
+            lb=0.0, ub=cap, tol=self.tol, max_iter=self.max_iter, throw=False, l1=l1,
+        )  # fmt: skip
 
 
 def _weights_only(sol, n: int):

@@ -10,6 +10,10 @@ with ``Sigma`` from :class:`~portfolio_layers.models.heads.RiskHead`, ``mu`` fro
 (:mod:`portfolio_layers.qp`) differentiates the solution, so a loss on the weights trains everything. With a
 :class:`~portfolio_layers.models.decision.DecisionLayer` (what :class:`E2EPortfolio` builds) the problem also
 pays a trading cost ``kappa sum_i |w_i - w_prev_i|`` and has a gated prior at equal weight.
+
+For many assets ``Sigma`` can be kept in factor form (``risk_form``, :mod:`~portfolio_layers.models.heads`):
+the risk head returns a :class:`~portfolio_layers.models.heads.FactorCovBatch` and the QP is solved in that
+form, with the same weights and gradients as the dense form and no ``n x n`` matrix.
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ from torch.nn import functional as F
 
 from portfolio_layers.errors import ConfigError, ShapeError
 from portfolio_layers.models.decision import DecisionLayer, check_cap
-from portfolio_layers.models.heads import ReturnHead, RiskHead
+from portfolio_layers.models.heads import RISK_FORMS, FactorCovBatch, ReturnHead, RiskHead
+from portfolio_layers.qp import FactorCov
 
 __all__ = ["E2ENet", "NetOutput", "portfolio_qp_layer"]
 
@@ -38,8 +43,9 @@ class NetOutput:
         Portfolio weights (``None`` from :meth:`E2ENet.predict`, which skips the QP).
     mu : Tensor of shape (batch, n)
         Expected annualised returns.
-    cov : Tensor of shape (batch, n, n)
-        Annualised covariance (positive definite).
+    cov : Tensor of shape (batch, n, n) or FactorCovBatch
+        Annualised covariance (positive definite), dense or in factor form (``F (batch, n, r)``,
+        ``d (batch, n)``).
     risk_aversion : Tensor of shape ()
     deq : DEQInfo or None
         The DEQ encoder's report: its equilibrium's ``solution`` and ``jacobian_loss`` (``None`` for explicit
@@ -121,6 +127,13 @@ class E2ENet(nn.Module):
         minimum-variance portfolio of its risk model.
     learn_risk_aversion : bool
         Train ``gamma`` (else it stays fixed).
+    risk_form : {"auto", "dense", "factor"}
+        Form of ``Sigma`` and of the QP (:meth:`RiskHead.forward`): ``"auto"`` follows the sample covariance
+        it is given (factor form from :func:`~portfolio_layers.models.heads.sample_factor`, which
+        :class:`~portfolio_layers.models.samples.WindowData` gives for more than
+        :data:`~portfolio_layers.models.heads.FACTOR_MIN_ASSETS` assets); ``"dense"`` always forms
+        ``n x n`` (a factor-form sample covariance is made dense); ``"factor"`` needs a factor-form sample
+        covariance when blending.
     """
 
     def __init__(
@@ -135,10 +148,14 @@ class E2ENet(nn.Module):
         risk_aversion: float = 5.0,
         return_scale: float = 0.1,
         learn_risk_aversion: bool = True,
+        risk_form: str = "auto",
     ) -> None:
         super().__init__()
         if risk_aversion <= 0:
             raise ConfigError(f"risk_aversion must be positive, got {risk_aversion}")
+        if risk_form not in RISK_FORMS:
+            raise ConfigError(f"unknown risk_form {risk_form!r}; choose one of {', '.join(RISK_FORMS)}")
+        self.risk_form = risk_form
         self.encoder = encoder
         self.risk = RiskHead(d_model, n_factors, blend=blend_sample_cov, blend_init=blend_init)
         self.returns = ReturnHead(d_model, scale_init=return_scale)
@@ -162,11 +179,13 @@ class E2ENet(nn.Module):
         Parameters
         ----------
         x : Tensor of shape (batch, T, n, F)
-        sample_cov : Tensor of shape (batch, n, n), optional
-            Annualised sample covariance of the window (required with ``blend_sample_cov``).
+        sample_cov : Tensor of shape (batch, n, n) or FactorCov, optional
+            Annualised sample covariance of the window (required with ``blend_sample_cov``), dense or in
+            factor form.
         """
         emb, info = self.encoder(x)
-        return NetOutput(None, self.returns(emb), self.risk(emb, sample_cov), self.risk_aversion, info)
+        cov = self.risk(emb, sample_cov, form=self.risk_form)
+        return NetOutput(None, self.returns(emb), cov, self.risk_aversion, info)
 
     def forward(
         self, x: Tensor, sample_cov: Tensor | None = None, previous: Tensor | None = None
@@ -177,8 +196,8 @@ class E2ENet(nn.Module):
         ----------
         x : Tensor of shape (batch, T, n, F)
             Feature windows.
-        sample_cov : Tensor of shape (batch, n, n), optional
-            Annualised sample covariance of the window.
+        sample_cov : Tensor of shape (batch, n, n) or FactorCov, optional
+            Annualised sample covariance of the window, dense or in factor form.
         previous : Tensor of shape (batch, n), optional
             Drifted weights before the trade, used by a cost term or a turnover limit (missing: no
             position for a :class:`DecisionLayer`, equal weights for a plain ``QPLayer``'s turnover limit).
@@ -191,7 +210,8 @@ class E2ENet(nn.Module):
         Parameters
         ----------
         pred : NetOutput
-            From :meth:`predict`: ``mu (batch, n)``, ``cov (batch, n, n)``, ``risk_aversion``.
+            From :meth:`predict`: ``mu (batch, n)``, ``cov (batch, n, n)`` (or in factor form),
+            ``risk_aversion``.
         previous : Tensor of shape (batch, n), optional
             Drifted weights before the trade.
         """
@@ -204,7 +224,7 @@ class E2ENet(nn.Module):
             previous = None
         elif previous is None and not isinstance(self.qp, DecisionLayer):
             previous = torch.full_like(pred.mu, 1.0 / n)
-        solution = self.qp.solve(pred.risk_aversion * pred.cov, pred.mu, previous)
+        solution = self.qp.solve(_times(pred.cov, pred.risk_aversion), pred.mu, previous)
         return NetOutput(solution.x[..., :n], pred.mu, pred.cov, pred.risk_aversion, pred.deq, solution)
 
     def project_(self) -> None:
@@ -212,3 +232,10 @@ class E2ENet(nn.Module):
         project = getattr(self.qp, "project_", None)
         if project is not None:
             project()
+
+
+def _times(cov: Tensor | FactorCov, gamma: Tensor) -> Tensor | FactorCov:
+    """``gamma * cov`` for a dense covariance or one in factor form (``gamma > 0``)."""
+    if isinstance(cov, FactorCov):
+        return FactorCovBatch(cov.F * gamma.sqrt(), cov.d * gamma)
+    return gamma * cov

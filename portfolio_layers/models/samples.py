@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from portfolio_layers.errors import DataError, ShapeError
-from portfolio_layers.models.heads import sample_covariance
+from portfolio_layers.models.heads import FactorCovBatch, factor_form, window_covariance
 from portfolio_layers.models.losses import PERIODS, PERIODS_PER_YEAR
 
 __all__ = ["Batch", "WindowData", "drift_weights"]
@@ -55,14 +55,15 @@ class Batch:
         Decision rows inside the block.
     x : Tensor of shape (batch, T, n, F)
         Feature windows ending at the decision rows.
-    sample_cov : Tensor of shape (batch, n, n)
-        Annualised sample covariance of the last ``W`` returns (times ``periods_per_year``).
+    sample_cov : Tensor of shape (batch, n, n) or FactorCovBatch
+        Annualised sample covariance of the last ``W`` returns (times ``periods_per_year``); in factor form
+        (``F (batch, n, W)``, see :func:`~portfolio_layers.models.heads.sample_factor`) with ``cov_form``.
     future : Tensor of shape (batch, H, n)
         Realised simple returns of the ``H`` rows after the decision.
     chain_x : Tensor of shape (batch, K + 1, T, n, F) or None
         Inputs of the chain's decisions ``d_0 .. d_K`` (oldest first, ``d_K`` the decision row; only when
         ``rebalance > 0``).
-    chain_cov : Tensor of shape (batch, K + 1, n, n) or None
+    chain_cov : Tensor of shape (batch, K + 1, n, n) or FactorCovBatch or None
         Their sample covariances.
     chain_future : Tensor of shape (batch, K, H, n) or None
         Returns scored for decisions ``d_1 .. d_K`` (the last equals ``future``).
@@ -72,10 +73,10 @@ class Batch:
 
     rows: Tensor
     x: Tensor
-    sample_cov: Tensor
+    sample_cov: Tensor | FactorCovBatch
     future: Tensor
     chain_x: Tensor | None = None
-    chain_cov: Tensor | None = None
+    chain_cov: Tensor | FactorCovBatch | None = None
     chain_future: Tensor | None = None
     drift: Tensor | None = None
 
@@ -104,6 +105,10 @@ class WindowData:
     periods_per_year : float
         Rows per year of the data (252 daily, 52 weekly, 12 monthly): annualises the sample covariance, and
         :func:`~portfolio_layers.models.training.train` annualises its losses with it.
+    cov_form : {"auto", "dense", "factor"}
+        Form of the sample covariances (:func:`~portfolio_layers.models.heads.window_covariance`): ``"auto"``
+        gives the factor form (``O(W n)`` per sample instead of ``O(W n^2)``) for more than
+        :data:`~portfolio_layers.models.heads.FACTOR_MIN_ASSETS` assets.
     """
 
     def __init__(
@@ -118,8 +123,10 @@ class WindowData:
         chain: int = 1,
         dtype: torch.dtype = torch.float64,
         periods_per_year: float = PERIODS_PER_YEAR,
+        cov_form: str = "auto",
     ) -> None:
         PERIODS.check("WindowData periods_per_year", periods_per_year)
+        factor_form(cov_form, 1)  # checks the name
         if features.ndim != 3 or returns.ndim != 2 or features.shape[:2] != returns.shape:
             raise ShapeError(
                 f"expected features (rows, n, F) and returns (rows, n) with the same rows and assets, got "
@@ -145,6 +152,7 @@ class WindowData:
         self.window, self.cov_window, self.horizon, self.rebalance = window, cov_window, horizon, rebalance
         self.chain = chain
         self.periods_per_year = periods_per_year
+        self.cov_form = cov_form
 
     @property
     def n_rows(self) -> int:
@@ -177,12 +185,12 @@ class WindowData:
         x, cov = self._inputs(rows)
         return Batch(rows, x, cov, self.returns[:0].unsqueeze(0))
 
-    def _inputs(self, rows: Tensor) -> tuple[Tensor, Tensor]:
+    def _inputs(self, rows: Tensor) -> tuple[Tensor, Tensor | FactorCovBatch]:
         steps = torch.arange(-self.window + 1, 1)
         x = self.features[rows[:, None] + steps]  # (batch, T, n, F)
         cov_steps = torch.arange(-self.cov_window + 1, 1)
-        cov = sample_covariance(self.returns[rows[:, None] + cov_steps]) * self.periods_per_year
-        return x, cov
+        window = self.returns[rows[:, None] + cov_steps]
+        return x, window_covariance(window, self.periods_per_year, self.cov_form)
 
     def batch(self, rows: np.ndarray | Tensor) -> Batch:
         """The samples of some decision rows (each from :meth:`decision_rows`)."""

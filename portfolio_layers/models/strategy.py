@@ -29,7 +29,7 @@ import pandas as pd
 import torch
 
 from portfolio_layers.errors import ConfigError, DataError
-from portfolio_layers.models.build import build_net, threads
+from portfolio_layers.models.build import build_net, risk_form_field, threads
 from portfolio_layers.models.checkpoints import restore_fit, save_checkpoint
 from portfolio_layers.models.checks import check_fields, check_prices, number, previous_weights
 from portfolio_layers.models.encoders import ENCODERS
@@ -132,11 +132,18 @@ class E2EPortfolio:
         Torch intra-op threads during ``fit`` and ``weights`` (restored afterwards). The tensors are small,
         so one thread is fastest, and several threads slow down badly when the cores are shared (measured
         4x on 2 busy cores). ``None`` keeps the current setting.
+    risk_form : {"auto", "dense"}
+        Form of the covariance in the network and its QP (:mod:`~portfolio_layers.models.heads`): ``"auto"``
+        keeps it as ``F F' + diag(d)`` (the risk head's factors stacked with the window's centred returns,
+        ``n_factors + cov_window`` columns, never ``n x n``) for more than ``models.heads.FACTOR_MIN_ASSETS``
+        assets and dense below (the 20-asset default is dense); ``"dense"`` forms ``n x n`` matrices for any
+        ``n``. The forms give the same weights and gradients up to rounding (about 1e-10), so this is a
+        setting of the run, like ``num_threads``. ``loss="mse"`` is always dense.
 
     Notes
     -----
-    The checkpoint fingerprint covers every parameter except ``name``, ``checkpoint_dir``, ``progress`` and
-    ``num_threads``. Every numeric parameter is checked at construction (:class:`ConfigError`).
+    The checkpoint fingerprint covers every parameter except ``name``, ``checkpoint_dir``, ``progress``,
+    ``num_threads`` and ``risk_form``. Every numeric parameter is checked at construction (:class:`ConfigError`).
     """
 
     name: str = _run_setting("e2e")
@@ -168,6 +175,7 @@ class E2EPortfolio:
     checkpoint_dir: str | Path | None = _run_setting(None)
     progress: bool = _run_setting(False)
     num_threads: int | None = _run_setting(1, integer=True, low=1, optional=True)
+    risk_form: str = risk_form_field()
     net_: E2ENet | None = _state()
     scaler_: tuple[np.ndarray, np.ndarray] | None = _state()
     assets_: tuple[str, ...] | None = _state()
