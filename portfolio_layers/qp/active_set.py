@@ -47,9 +47,12 @@ from portfolio_layers.qp.solution import Status
 _EQUALITY = 5
 """DAQP's ``sense`` code of an equality row."""
 
-_STATUS = {1: Status.SOLVED, 2: Status.SOLVED, -1: Status.PRIMAL_INFEASIBLE, -3: Status.DUAL_INFEASIBLE}
-_STATUS[-4] = Status.MAX_ITER
+_SOLVED, _FAILED = int(Status.SOLVED), int(Status.NUMERICAL_ERROR)
+_STATUS = {1: _SOLVED, 2: _SOLVED, -1: int(Status.PRIMAL_INFEASIBLE), -3: int(Status.DUAL_INFEASIBLE)}
+_STATUS[-4] = int(Status.MAX_ITER)
+"""DAQP's exit flags as status codes (plain ints: an enum member's lookup costs a microsecond)."""
 
+_TINY = np.finfo(np.float64).tiny ** 0.5
 _REG = 1e-12
 """Regularization of the backward's KKT matrix (relative to the normalized ``max|P| <= 1``)."""
 
@@ -72,15 +75,18 @@ def _daqp():  # noqa: ANN202
 class Normalized:
     """A batch as float64 numpy arrays, ``P`` symmetrized and ``P``, ``q`` divided by ``c``.
 
+    The constraints are ``lo <= [x; Ax; Gx] <= up`` (DAQP's form: bounds first, then rows).
+
     Attributes
     ----------
     P : ndarray of shape (B, n, n)
     q : ndarray of shape (B, n)
     R : ndarray of shape (B, p + m, n)
         ``[A; G]``.
-    rhs : ndarray of shape (B, p + m)
-        ``[b; h]``.
-    lb, ub : ndarray of shape (B, n)
+    lo, up : ndarray of shape (B, n + p + m)
+        ``[lb; b; -inf]`` and ``[ub; b; h]``.
+    lo0, up0 : ndarray of shape (B, n + p + m)
+        ``lo`` and ``up`` with 0 where infinite.
     c : ndarray of shape (B,)
     p : int
     """
@@ -88,9 +94,10 @@ class Normalized:
     P: np.ndarray
     q: np.ndarray
     R: np.ndarray
-    rhs: np.ndarray
-    lb: np.ndarray
-    ub: np.ndarray
+    lo: np.ndarray
+    up: np.ndarray
+    lo0: np.ndarray
+    up0: np.ndarray
     c: np.ndarray
     p: int
 
@@ -99,14 +106,17 @@ class Normalized:
         """The arrays of ``d`` (a ``P`` in factor form is formed densely)."""
         B, n = d.q.shape
         P, q = _arr(d.P if isinstance(d.P, Tensor) else d.P.dense()), _arr(d.q)
-        c = np.maximum(np.abs(P).max((-2, -1)), np.abs(q).max(-1))
-        c = np.maximum(c, np.finfo(np.float64).tiny ** 0.5)
-        P = (P + P.transpose(0, 2, 1)) * (0.5 / c)[:, None, None]
+        c = np.maximum(np.maximum(np.abs(P).max((-2, -1)), np.abs(q).max(-1)), _TINY)
+        s = 1.0 / c
         rows = [_arr(v) for v in (d.A, d.G) if v is not None]
-        R = np.concatenate(rows, 1) if rows else np.zeros((B, 0, n))
-        rhs = np.concatenate([_arr(v) for v in (d.b, d.h) if v is not None] or [np.zeros((B, 0))], 1)
-        arrays = (P, q / c[:, None], R, rhs, _arr(d.lb), _arr(d.ub))  # DAQP reads rows as C-ordered
-        return cls(*(np.ascontiguousarray(v) for v in arrays), c, d.p)
+        R = rows[0] if len(rows) == 1 else np.concatenate(rows, 1) if rows else np.zeros((B, 0, n))
+        b = [] if d.b is None else [_arr(d.b)]
+        up = np.concatenate([_arr(d.ub), *b] + ([] if d.h is None else [_arr(d.h)]), 1)
+        lo = np.concatenate([_arr(d.lb), *b] + ([np.full((B, d.m), -np.inf)] if d.m else []), 1)
+        arrays = ((P + P.transpose(0, 2, 1)) * (0.5 * s)[:, None, None], q * s[:, None], R, lo, up)
+        P, q, R, lo, up = (np.ascontiguousarray(v) for v in arrays)  # DAQP reads C order, not strides
+        lo0, up0 = np.where(np.isfinite(lo), lo, 0.0), np.where(np.isfinite(up), up, 0.0)
+        return cls(P, q, R, lo, up, lo0, up0, c, d.p)
 
     def not_psd(self) -> bool:
         """Whether some ``P`` fails a Cholesky factorization after a shift of ``100 n eps``."""
@@ -120,26 +130,68 @@ class Normalized:
 
 @dataclass(frozen=True)
 class Solved:
-    """The forward's result, float64 numpy arrays with leading dimension ``B`` (unnormalized units).
+    """The forward's result, numpy arrays with leading dimension ``B`` (unnormalized units).
 
-    ``x (B, n)``, multipliers ``y (B, p)``, ``lam (B, m)``, ``zl``/``zu (B, n)``; the active set
-    ``lower``/``upper (B, n)`` and ``rows (B, m)`` (bool); ``status (B,)`` (int8), ``iterations (B,)``,
-    ``primal_residual``, ``dual_residual``, ``gap (B,)``.
+    ``x (B, n)``; the active set: ``lower``/``upper (B, n)``, ``rows (B, m)`` (bool) and
+    ``keep (B, n + p + m)``, the free variables then the held rows (every equality); ``status (B,)`` (int8),
+    ``iterations (B,)``;
+    ``packed (B, p + m + 2n + 3)``: the multipliers ``y``, ``lam``, ``zl``, ``zu`` and ``dual_residual``,
+    ``duality_gap``, ``primal_residual`` side by side (read them by name).
     """
 
     x: np.ndarray
-    y: np.ndarray
-    lam: np.ndarray
-    zl: np.ndarray
-    zu: np.ndarray
     lower: np.ndarray
     upper: np.ndarray
     rows: np.ndarray
+    keep: np.ndarray
     status: np.ndarray
     iterations: np.ndarray
-    primal_residual: np.ndarray
-    dual_residual: np.ndarray
-    gap: np.ndarray
+    packed: np.ndarray
+
+    def _part(self, i: int, j: int) -> np.ndarray:
+        return self.packed[:, i:j]
+
+    @property
+    def y(self) -> np.ndarray:
+        p = self.keep.shape[1] - self.x.shape[1] - self.rows.shape[1]
+        return self._part(0, p)
+
+    @property
+    def lam(self) -> np.ndarray:
+        m = self.rows.shape[1]
+        return self._part(-3 - 2 * self.x.shape[1] - m, -3 - 2 * self.x.shape[1])
+
+    @property
+    def zl(self) -> np.ndarray:
+        n = self.x.shape[1]
+        return self._part(-3 - 2 * n, -3 - n)
+
+    @property
+    def zu(self) -> np.ndarray:
+        return self._part(-3 - self.x.shape[1], -3)
+
+    @property
+    def dual_residual(self) -> np.ndarray:
+        return self.packed[:, -3]
+
+    @property
+    def gap(self) -> np.ndarray:
+        return self.packed[:, -2]
+
+    @property
+    def primal_residual(self) -> np.ndarray:
+        return self.packed[:, -1]
+
+
+@functools.cache
+def _layout(n: int, p: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """DAQP's ``sense`` of ``[x; Ax; Gx]`` (``k = p + m`` rows), the mask of the bound columns, and the
+    signs of the backward's regularization (``+`` on the variables, ``-`` on the rows)."""
+    sense = np.zeros(n + k, dtype=np.intc)
+    sense[n : n + p] = _EQUALITY
+    bounds = np.zeros(n + k, dtype=bool)
+    bounds[:n] = True
+    return sense, bounds, np.where(bounds, _REG, -_REG)
 
 
 @dataclass(frozen=True)
@@ -169,53 +221,50 @@ class DualActiveSet:
         """
         daqp = _daqp()
         B, n = d.q.shape
-        k = d.R.shape[1]
-        upper = np.ascontiguousarray(np.concatenate([d.ub, d.rhs], 1))
-        lower = np.ascontiguousarray(
-            np.concatenate([d.lb, d.rhs[:, : d.p], np.full((B, k - d.p), -np.inf)], 1)
-        )
-        sense = np.zeros(n + k, dtype=np.intc)
-        sense[n : n + d.p] = _EQUALITY
-        start = (
-            {} if warm is None else {"primal_start": warm[0]} if warm[1] is None else {"dual_start": warm[1]}
-        )
-        x, duals = np.zeros((B, n)), np.zeros((B, n + k))
-        flags, iters = np.zeros(B, dtype=np.int64), np.zeros(B, dtype=np.int32)
+        sense = _layout(n, d.p, d.R.shape[1])[0]
+        start = None
+        if warm is not None:
+            start = ("primal_start", warm[0]) if warm[1] is None else ("dual_start", warm[1])
+        x, duals, lin = np.empty((B, n)), np.empty((B, n + d.R.shape[1])), -d.q
+        flags, iters = [0] * B, np.empty(B, dtype=np.int32)
         for i in range(B):
+            kw = {} if start is None else {start[0]: start[1][i]}
             x[i], _, flags[i], info = daqp.solve(
-                d.P[i], -d.q[i], d.R[i], upper[i], lower[i], sense, primal_tol=self.tol,
-                iter_limit=self.max_iter, **{key: v[i] for key, v in start.items()},
+                d.P[i], lin[i], d.R[i], d.up[i], d.lo[i], sense, primal_tol=self.tol,
+                iter_limit=self.max_iter, **kw,
             )  # fmt: skip
             duals[i], iters[i] = info["lam"], info["iterations"]
-        status = np.array([_STATUS.get(int(f), Status.NUMERICAL_ERROR) for f in flags], dtype=np.int8)
-        status[(status == Status.SOLVED) & ~np.isfinite(x).all(1)] = Status.NUMERICAL_ERROR
-        duals[status != Status.SOLVED] = 0.0
+        status = np.array([_STATUS.get(flag, _FAILED) for flag in flags], dtype=np.int8)
+        if not np.isfinite(x).all():
+            status[(status == _SOLVED) & ~np.isfinite(x).all(1)] = _FAILED
+        failed = status != _SOLVED
+        if failed.any():
+            duals[failed] = 0.0
         return self._finish(d, x, duals, status, iters)
 
     def _finish(
         self, d: Normalized, x: np.ndarray, duals: np.ndarray, status: np.ndarray, iters: np.ndarray
     ) -> Solved:
         """Active set, multipliers and residuals of DAQP's point ``x`` and multipliers ``duals``."""
-        n, p = d.q.shape[1], d.p
-        xc = np.minimum(np.maximum(x, d.lb), d.ub)
-        zb, y, lr = duals[:, :n], duals[:, n : n + p], duals[:, n + p :]
-        ml, mu = np.isfinite(d.lb), np.isfinite(d.ub)
-        tl, tu = np.where(ml, xc - d.lb, 0.0), np.where(mu, d.ub - xc, 0.0)
-        lower = ml & ((zb < 0) | ((zb == 0) & (tl <= self.tol * (1.0 + np.abs(d.lb)))))
-        upper = mu & ~lower & ((zb > 0) | ((zb == 0) & (tu <= self.tol * (1.0 + np.abs(d.ub)))))
-        zl, zu = np.maximum(-zb, 0.0), np.maximum(zb, 0.0)
-        g = _mv(d.P, x) - d.q + zb + _mtv(d.R, duals[:, n:])  # the Lagrangian gradient
-        Rx = _mv(d.R, xc) - d.rhs
-        s = -Rx[:, p:]
-        rows = (lr > 0) | (s <= self.tol * (1.0 + np.abs(d.rhs[:, p:])))
-        lam, s = np.maximum(lr, 0.0), np.maximum(s, 0.0)
-        pres = np.concatenate([np.abs(Rx[:, :p]), np.maximum(Rx[:, p:], 0.0), np.zeros((x.shape[0], 1))], 1)
+        n, p, tol = x.shape[1], d.p, self.tol
+        _, bounds, _ = _layout(n, p, d.R.shape[1])
+        xc = np.minimum(np.maximum(x, d.lo[:, :n]), d.up[:, :n])
+        v = np.concatenate([xc, _mv(d.R, xc)], 1)  # [x; Ax; Gx]
+        # held: a nonzero multiplier, or a zero one and a slack <= tol (1 + |limit|) (none if infinite)
+        zero = duals == 0
+        lower = (duals < 0) | (zero & (v <= d.lo * (1.0 + tol * np.sign(d.lo)) + tol))
+        upper = ~lower & ((duals > 0) | (zero & (v >= d.up * (1.0 - tol * np.sign(d.up)) - tol)))
+        keep = (lower | upper) ^ bounds  # free variables, held rows
+        keep[:, n : n + p] = True
+        pos, neg = np.maximum(duals, 0.0), np.maximum(-duals, 0.0)
+        comp = neg * (v - d.lo0) + pos * (d.up0 - v)
+        comp[:, n : n + p] = 0.0  # no complementarity on the equalities
+        g = _mv(d.P, x) - d.q + duals[:, :n] + _mtv(d.R, duals[:, n:])  # the Lagrangian gradient
         c = d.c[:, None]
-        gap = (zl * tl + zu * tu).sum(-1) + (lam * s).sum(-1)
-        return Solved(
-            xc, y * c, lam * c, zl * c, zu * c, lower, upper, rows, status, iters,
-            pres.max(-1), np.abs(g).max(-1) * d.c, gap * d.c,
-        )  # fmt: skip
+        viol = np.maximum(np.maximum(v - d.up, d.lo - v).max(-1, keepdims=True), 0.0) / c
+        tail = [np.abs(g).max(-1, keepdims=True), comp.sum(-1, keepdims=True), viol]
+        packed = np.concatenate([duals[:, n : n + p], pos[:, n + p :], neg[:, :n], pos[:, :n], *tail], 1) * c
+        return Solved(xc, lower[:, :n], upper[:, :n], upper[:, n + p :], keep, status, iters, packed)
 
 
 def adjoint(d: Normalized, sol: Solved, gx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -224,20 +273,16 @@ def adjoint(d: Normalized, sol: Solved, gx: np.ndarray) -> tuple[np.ndarray, np.
     Both in unnormalized units; ``nu`` is zero on the inactive rows.
     """
     B, n = gx.shape
-    k = d.R.shape[1]
-    free = ~(sol.lower | sol.upper)
-    act = np.concatenate([np.ones((B, d.p), dtype=bool), sol.rows], 1)
-    C = d.R * free[:, None, :] * act[:, :, None]
-    M = np.zeros((B, n + k, n + k))
-    M[:, :n, :n] = d.P * free[:, :, None] * free[:, None, :]
-    M[:, n:, :n], M[:, :n, n:] = C, C.transpose(0, 2, 1)
-    diag = np.concatenate([~free, ~act], 1).astype(np.float64)
-    reg = np.concatenate([np.where(free, _REG, 0.0), np.where(act, -_REG, 0.0)], 1)
-    idx = np.arange(n + k)
-    M[:, idx, idx] += diag
+    N = n + d.R.shape[1]
+    keep = sol.keep
+    M = np.zeros((B, N, N))
+    M[:, :n, :n], M[:, n:, :n], M[:, :n, n:] = d.P, d.R, d.R.transpose(0, 2, 1)
+    M *= keep[:, :, None] & keep[:, None, :]
+    M.reshape(B, N * N)[:, :: N + 1] += ~keep  # identity rows: fixed variables, inactive rows
     Mr = M.copy()
-    Mr[:, idx, idx] += reg
-    rhs = np.concatenate([np.where(free, gx / d.c[:, None], 0.0), np.zeros((B, k))], 1)[..., None]
+    Mr.reshape(B, N * N)[:, :: N + 1] += np.where(keep, _layout(n, d.p, N - n)[2], 0.0)
+    rhs = np.zeros((B, N, 1))
+    rhs[:, :n, 0] = np.where(keep[:, :n], gx / d.c[:, None], 0.0)
     z = np.linalg.solve(Mr, rhs)
     z += np.linalg.solve(Mr, rhs - M @ z)
     return z[:, :n, 0], z[:, n:, 0] * d.c[:, None]
@@ -248,8 +293,7 @@ class ActiveSetFunction(torch.autograd.Function):
 
     ``apply(solver, out, warm, P, q, A, b, G, h, lb, ub)`` with the tensors of a
     :class:`~portfolio_layers.qp.problem.QPData` (``A``/``b``, ``G``/``h`` may be None). Returns
-    ``x (B, n)``; ``out`` (an empty list) receives the :class:`Normalized` data and the
-    :class:`Solved` result.
+    ``x (B, n)``; ``out`` (a list holding the :class:`Normalized` data) receives the :class:`Solved` result.
     """
 
     @staticmethod
@@ -278,9 +322,11 @@ class ActiveSetFunction(torch.autograd.Function):
     def backward(ctx: Any, gx: Tensor) -> tuple[Tensor | None, ...]:
         d: Normalized = ctx.d
         sol: Solved = ctx.sol
-        ok = (sol.status == Status.SOLVED)[:, None]
-        w, nu = adjoint(d, sol, np.where(ok, _arr(gx), 0.0))
-        w, nu = w * ok, nu * ok
+        g = _arr(gx)
+        ok = sol.status == _SOLVED
+        if not ok.all():  # failed elements get zero gradients
+            g = np.where(ok[:, None], g, 0.0)
+        w, nu = adjoint(d, sol, g)
         x, p = sol.x, d.p
         need = ctx.needs_input_grad[3:]
 
@@ -295,7 +341,7 @@ class ActiveSetFunction(torch.autograd.Function):
                 grads[2 + 2 * k] = lambda mult=mult, adj=adj: -(outer(mult, w) + outer(adj, x))
                 grads[3 + 2 * k] = lambda adj=adj: adj
         if need[6] or need[7]:
-            t = _arr(gx) - _mv(d.P, w) * d.c[:, None] - _mtv(d.R, nu)
+            t = g - _mv(d.P, w) * d.c[:, None] - _mtv(d.R, nu)
             grads[6], grads[7] = lambda: np.where(sol.lower, t, 0.0), lambda: np.where(sol.upper, t, 0.0)
         return None, None, None, *(as_tensor_like(grads[i](), gx) if r else None for i, r in enumerate(need))
 

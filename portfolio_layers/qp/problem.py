@@ -222,6 +222,8 @@ def check_finite(
     NonFiniteError
         Naming ``name``, the first non-finite entries and ``hint`` (what to do).
     """
+    if v.numel() and math.isfinite(float(v.detach().sum())):  # one reduction; an overflowing sum looks closer
+        return v
     bad = ~torch.isfinite(v)
     if bool(bad.any()):
         raise NonFiniteError(f"{name} holds NaN or infinite values at {locate(bad)[1]}; {hint}")
@@ -307,6 +309,20 @@ def check_factor(P: FactorCov) -> None:
             )
 
 
+def broadcast_shapes(shapes: list[tuple[int, ...]]) -> tuple[int, ...] | None:
+    """The broadcast of ``shapes`` (numpy rules), or None if they do not broadcast."""
+    out: list[int] = []
+    for shape in shapes:
+        if len(shape) > len(out):
+            out = [1] * (len(shape) - len(out)) + out
+        for i, s in enumerate(shape, len(out) - len(shape)):
+            if s != out[i]:
+                if out[i] != 1 and s != 1:
+                    return None
+                out[i] = max(out[i], s) if s and out[i] else 0
+    return tuple(out)
+
+
 def canonicalize(
     P: Tensor | FactorCov,
     q: Tensor,
@@ -340,9 +356,12 @@ def canonicalize(
     raw["q"] = as_tensor("q", q, P)
     for k, v in (("A", A), ("b", b), ("G", G), ("h", h)):
         raw[k] = None if v is None else as_tensor(k, v, P)
-    bounds = {}
+    bounds, fill = {}, {"lb": -math.inf, "ub": math.inf}  # fill: a number bound, as a number
     for name, v, bad_inf in (("lb", lb, math.inf), ("ub", ub, -math.inf)):
         if v is None:
+            continue
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and not (math.isnan(v) or v == bad_inf):
+            fill[name] = float(v)
             continue
         t = as_tensor(name, v, P)
         if t.dim() == 0:
@@ -385,24 +404,26 @@ def canonicalize(
                 f"{k} has shape {tuple(v.shape)}, expected (*batch, {want}) for n = {n}; {_EXPECTED}"
             )
         batch_shapes.append(tuple(v.shape[: v.dim() - len(core)]))
-    try:
-        batch = tuple(torch.broadcast_shapes(*batch_shapes))
-    except RuntimeError as exc:
+    batch = broadcast_shapes(batch_shapes)
+    if batch is None:
         detail = ", ".join(f"{k}: {tuple(v.shape)}" for k, v, _ in specs)
-        raise ShapeError(f"batch dimensions do not broadcast ({detail}); {_EXPECTED}") from exc
+        raise ShapeError(f"batch dimensions do not broadcast ({detail}); {_EXPECTED}")
     B = math.prod(batch)
 
     def flat(v: Tensor | None, core: tuple[int, ...]) -> Tensor | None:
         if v is None:
             return None
-        return v.to(dtype).expand(*batch, *core).reshape(B, *core)
+        v = v if v.dtype == dtype else v.to(dtype)
+        if v.shape[: v.dim() - len(core)] != batch:
+            v = v.expand(*batch, *core)
+        return v if v.dim() == len(core) + 1 and len(batch) == 1 else v.reshape(B, *core)
 
     lbt = flat(bounds.get("lb"), (n,))
     ubt = flat(bounds.get("ub"), (n,))
     if lbt is None:
-        lbt = torch.full((B, n), -math.inf, dtype=dtype, device=P.device)
+        lbt = torch.full((B, n), fill["lb"], dtype=dtype, device=P.device)
     if ubt is None:
-        ubt = torch.full((B, n), math.inf, dtype=dtype, device=P.device)
+        ubt = torch.full((B, n), fill["ub"], dtype=dtype, device=P.device)
     if p == 0:
         p = None
     if m == 0:

@@ -41,26 +41,35 @@ def _solve_active_set(
             parts = [duals.zu - duals.zl] + [v for v in (duals.y, duals.lam) if v is not None]
             duals = torch.cat(parts, -1).to(torch.float64).numpy()
         warm = x.to(torch.float64).numpy(), duals
-    out = [d]
     solver = DualActiveSet(tol=tol, max_iter=max_iter * (data.n + data.p + data.m))
-    x = ActiveSetFunction.apply(solver, out, warm, *_dense(data).tensors())
-    sol = out[1]
-    shape, n = data.batch_shape, data.n
-
-    def t(v: np.ndarray, *core: int) -> Tensor:
-        return as_tensor_like(v, x).reshape(shape + core)
-
+    tensors = _dense(data).tensors()
+    if torch.is_grad_enabled() and any(v is not None and v.requires_grad for v in tensors):
+        out = [d]
+        x = ActiveSetFunction.apply(solver, out, warm, *tensors)
+        sol = out[1]
+    else:  # nothing to differentiate: no autograd node (a tenth of a small call)
+        sol = solver.solve(d, warm)
+        x = as_tensor_like(sol.x, data.q)
+    shape, n, p, m = data.batch_shape, data.n, data.p, data.m
+    # every other field from one array: one conversion, then views
+    rest = np.concatenate(
+        [sol.y, sol.lam, sol.zl, sol.zu, np.stack([sol.primal_residual, sol.dual_residual, sol.gap], 1)], 1
+    )
+    y, lam, zl, zu, res = as_tensor_like(rest, x).reshape(*shape, -1).split([p, m, n, n, 3], -1)
+    pres, dres, gap = res.unbind(-1)
+    ints = torch.from_numpy(np.stack([sol.status.astype(np.int32), sol.iterations], 0)).to(x.device)
+    status, iterations = ints.reshape(2, *shape).unbind(0)
     return QPSolution(
         x=x.reshape(*shape, n),
-        y=t(sol.y, data.p),
-        lam=t(sol.lam, data.m),
-        z_lower=t(sol.zl, n),
-        z_upper=t(sol.zu, n),
-        status=torch.from_numpy(sol.status).to(x.device).reshape(shape),
-        iterations=torch.from_numpy(sol.iterations).to(x.device).reshape(shape),
-        primal_residual=t(sol.primal_residual),
-        dual_residual=t(sol.dual_residual),
-        duality_gap=t(sol.gap),
+        y=y,
+        lam=lam,
+        z_lower=zl,
+        z_upper=zu,
+        status=status.to(torch.int8),
+        iterations=iterations,
+        primal_residual=pres,
+        dual_residual=dres,
+        duality_gap=gap,
     )
 
 
