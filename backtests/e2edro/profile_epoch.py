@@ -50,7 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     model, panel, net, rows = first_fit(args.seed)
     settings = TrainSettings(
-        lr=args.lr, epochs=args.epochs, horizon=model.horizon, mse_weight=model.mse_weight, periods_per_year=52.0
+        lr=args.lr,
+        epochs=args.epochs,
+        horizon=model.horizon,
+        mse_weight=model.mse_weight,
+        periods_per_year=52.0,
     )
     params = [p for p in net.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=args.lr)
@@ -71,7 +75,10 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
     later = times[1:] or times
-    print(f"{len(rows)} decisions, {args.threads} thread(s): {sum(later) / len(later):.3f} s per epoch (after the first)")
+    print(
+        f"{len(rows)} decisions, {args.threads} thread(s): "
+        f"{sum(later) / len(later):.3f} s per epoch (after the first)"
+    )
     return 0
 
 

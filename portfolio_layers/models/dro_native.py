@@ -49,12 +49,23 @@ class IPMSettings:
         Factor of the step while ``x`` is outside the domain of ``f`` (Hellinger: ``xi + lam > l_j``).
     max_backtracks : int
         Such reductions at most per step.
+    rescue_after : int
+        Newton steps after which the elements still running take damped steps: the plain Newton direction
+        to the centring target ``rescue_sigma * mu`` (no predictor-corrector), halved until the squared
+        norm of the KKT residuals at that target decreases (Armijo, ``1e-4``). Mehrotra's full steps can
+        cycle on the nonlinear Hellinger problem (about 1 element in 1,000 of the E2E-DRO training,
+        residuals stuck near ``1e-3``); the damped steps converge. The ~99 % of elements that converge
+        earlier never take them.
+    rescue_sigma : float
+        Centring of those steps.
     """
 
     tol: float = 1e-10
     max_iter: int = 100
     backtrack: float = 0.5
     max_backtracks: int = 40
+    rescue_after: int = 25
+    rescue_sigma: float = 0.1
 
 
 def _direction(
@@ -82,6 +93,31 @@ def _longest(s: Tensor, lam: Tensor, ds: Tensor, dlam: Tensor) -> Tensor:
     """Longest step in ``(0, 1]`` keeping ``s + step ds`` and ``lam + step dlam >= 0``, shape ``(B,)``."""
     both, d = torch.cat([s, lam], -1), torch.cat([ds, dlam], -1)
     return torch.where(d < 0, -both / d, torch.full_like(d, torch.inf)).amin(-1).clamp(max=1.0)
+
+
+def _merit(
+    problem: _Problem,
+    x: Tensor,
+    lam: Tensor,
+    s: Tensor,
+    nu: Tensor,
+    a: Tensor,
+    target: Tensor,
+    r_d: Tensor | None = None,
+    r_g: Tensor | None = None,
+    r_p: Tensor | None = None,
+) -> Tensor:
+    """Squared norm of the KKT residuals at the complementarity ``target`` (``inf`` outside the domain)."""
+    if r_d is None:
+        f, grad = problem.objective(x)
+        r_d = grad + problem.jac_t(x, lam) + nu[:, None] * a
+        r_g = problem.constraints(x) + s
+        r_p = (1.0 - x @ a)[:, None]
+        inside = torch.isfinite(f)
+    else:
+        inside = torch.ones_like(nu, dtype=torch.bool)
+    value = sum(r.square().sum(-1) for r in (r_d, r_g, r_p, s * lam - target[:, None]))
+    return torch.where(inside, value, torch.full_like(value, torch.inf))
 
 
 def interior_point(problem: _Problem, settings: IPMSettings) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -142,23 +178,38 @@ def interior_point(problem: _Problem, settings: IPMSettings) -> tuple[Tensor, Te
         solve = problem.newton(x, lam, lam / s)
         r_p = (1.0 - x @ a)[:, None]
         state = (problem, solve, x, lam, s, r_d, r_g, r_p)
-        _, _, dlam, ds = _direction(*state, s * lam)  # affine (predictor)
-        step = _longest(s, lam, ds, dlam)[:, None]
         mu = gap / m
-        mu_aff = ((s + step * ds) * (lam + step * dlam)).sum(-1) / m
-        sigma = (mu_aff / mu).clamp(0.0, 1.0).pow(3)
-        target = torch.maximum(sigma * mu, mu.new_tensor(0.01 * settings.tol / m))  # no faster than r_d, r_g
-        dx, dnu, dlam, ds = _direction(*state, s * lam - target[:, None] + ds * dlam)  # corrector
+        floor = mu.new_tensor(0.01 * settings.tol / m)  # no faster than r_d, r_g
+        rescue = it >= settings.rescue_after
+        if rescue:  # damped Newton steps to a fixed centring (see IPMSettings.rescue_after)
+            target = torch.maximum(settings.rescue_sigma * mu, floor)
+            dx, dnu, dlam, ds = _direction(*state, s * lam - target[:, None])
+            merit = _merit(problem, x, lam, s, nu, a, target, r_d, r_g, r_p)
+        else:
+            _, _, dlam, ds = _direction(*state, s * lam)  # affine (predictor)
+            step = _longest(s, lam, ds, dlam)[:, None]
+            mu_aff = ((s + step * ds) * (lam + step * dlam)).sum(-1) / m
+            sigma = (mu_aff / mu).clamp(0.0, 1.0).pow(3)
+            target = torch.maximum(sigma * mu, floor)
+            dx, dnu, dlam, ds = _direction(*state, s * lam - target[:, None] + ds * dlam)  # corrector
         step = torch.maximum(0.99 * mu.new_ones(()), 1.0 - mu).clamp(max=1.0) * _longest(s, lam, ds, dlam)
         todo = torch.ones_like(step, dtype=torch.bool)
-        for _ in range(settings.max_backtracks):  # keep x in the domain of f
-            xs = x + step[:, None] * dx
-            ok = problem.in_domain(xs)
+        for _ in range(settings.max_backtracks):  # keep x in the domain of f (rescue: lower the merit)
+            xs, lams, ss, nus = (
+                x + step[:, None] * dx,
+                lam + step[:, None] * dlam,
+                s + step[:, None] * ds,
+                nu + step * dnu,
+            )
+            if rescue:
+                ok = _merit(problem, xs, lams, ss, nus, a, target) <= (1.0 - 1e-4 * step) * merit
+            else:
+                ok = problem.in_domain(xs)
             accept = todo & ok
             x = torch.where(accept[:, None], xs, x)
-            lam = torch.where(accept[:, None], lam + step[:, None] * dlam, lam)
-            s = torch.where(accept[:, None], s + step[:, None] * ds, s)
-            nu = torch.where(accept, nu + step * dnu, nu)
+            lam = torch.where(accept[:, None], lams, lam)
+            s = torch.where(accept[:, None], ss, s)
+            nu = torch.where(accept, nus, nu)
             todo = todo & ~ok
             if not bool(todo.any()):
                 break
