@@ -45,7 +45,7 @@ class NetSpec(Protocol):
 
 @dataclasses.dataclass(frozen=True)
 class _Choice:
-    """The values a string setting accepts (checked by :func:`~portfolio_layers.models.checks.check_fields`)."""
+    """The values a string setting accepts (checked by :func:`~.checks.check_fields`)."""
 
     values: tuple[str, ...]
 

@@ -258,7 +258,7 @@ class DecisionLayer(nn.Module):
             G = torch.cat([G, row], -2)
             h = torch.cat([h, torch.full((batch, 1), float(self.turnover_limit), dtype=dt, device=dev)], -1)
         lb = torch.cat([torch.zeros(n), torch.full((n,), -math.inf)]).to(dt).to(dev)
-        ub = torch.cat([torch.full((n,), cap, dtype=dt), torch.full((n,), math.inf, dtype=dt)]).to(dev)  # cap in dt
+        ub = torch.cat([torch.full((n,), cap, dtype=dt), torch.full((n,), math.inf, dtype=dt)]).to(dev)
         sol = solve_qp(
             P_lift, q_lift, A, torch.ones(batch, 1, dtype=dt, device=dev), G, h, lb, ub,
             tol=self.tol, max_iter=self.max_iter, throw=False,

@@ -45,7 +45,7 @@ __all__ = [
 
 #: ``"auto"`` uses the factor form for more than this many assets: below it the dense decision layer is
 #: faster (``benchmarks/large_universe.py`` measures the crossover with a 252-row covariance window).
-FACTOR_MIN_ASSETS = 150
+FACTOR_MIN_ASSETS = 80
 #: Forms of the covariance: ``"dense"`` (``n x n``), ``"factor"`` (:class:`FactorCovBatch`) or ``"auto"``.
 RISK_FORMS = ("auto", "dense", "factor")
 
@@ -72,7 +72,8 @@ class FactorCovBatch(FactorCov):
         if len(shape) < 2 or tuple(shape[-2:]) != tuple(self.shape[-2:]):
             raise ShapeError(f"FactorCovBatch of shape {tuple(self.shape)} cannot take the shape {shape}")
         batch = tuple(shape[:-2])
-        return FactorCovBatch(self.F.reshape(*batch, *self.F.shape[-2:]), self.d.reshape(*batch, self.d.shape[-1]))
+        F_ = self.F.reshape(*batch, *self.F.shape[-2:])
+        return FactorCovBatch(F_, self.d.reshape(*batch, self.d.shape[-1]))
 
     def __getitem__(self, index: object) -> FactorCovBatch:
         """Index the batch dimensions only (``cov[:, j]``, ``cov[b : b + 1, 0]``)."""
@@ -126,7 +127,9 @@ def sample_factor(returns: Tensor, scale: float = 1.0) -> FactorCovBatch:
         ``F (*batch, n, T)``, ``d (*batch, n)`` of zeros.
     """
     if returns.dim() < 2 or returns.shape[-2] < 2:
-        raise ShapeError(f"sample_factor needs returns of shape (*batch, T>=2, n), got {tuple(returns.shape)}")
+        raise ShapeError(
+            f"sample_factor needs returns of shape (*batch, T>=2, n), got {tuple(returns.shape)}"
+        )
     if not scale > 0:
         raise ConfigError(f"sample_factor needs scale > 0, got {scale}")
     centred = returns - returns.mean(-2, keepdim=True)

@@ -143,7 +143,8 @@ class E2EPortfolio:
     Notes
     -----
     The checkpoint fingerprint covers every parameter except ``name``, ``checkpoint_dir``, ``progress``,
-    ``num_threads`` and ``risk_form``. Every numeric parameter is checked at construction (:class:`ConfigError`).
+    ``num_threads`` and ``risk_form``. Every numeric parameter is checked at construction
+    (:class:`ConfigError`).
     """
 
     name: str = _run_setting("e2e")
