@@ -11,7 +11,8 @@ weekly returns), weekly rebalancing, long-only, no cap, no costs, four fits on e
 runs each strategy once; the score is the paper's (:func:`geometric_sharpe`).
 
 Writes into ``--out`` (default ``backtests/e2edro/runs/``): ``scores_seed<N>.csv`` (one row per strategy:
-score, our arithmetic Sharpe, mean turnover and largest weight, wall seconds),
+score, our arithmetic Sharpe, mean turnover and largest weight, wall seconds, robust-layer elements that
+the native solver did not converge on and the cone program solved),
 ``weights_seed<N>_<strategy>.csv``, ``diagnostics_seed<N>_<strategy>_<key>.csv`` (fits, training curves,
 cross-validation), and ``summary.md``, the table over every ``scores_seed*.csv`` of the folder (so seeds
 run as separate processes into one folder are summarised together).
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import sys
 import time
 from pathlib import Path
@@ -108,15 +110,35 @@ def load_config(
     return config if end is None else dataclasses.replace(config, end=end)
 
 
+class ConeFallbacks(logging.Handler):
+    """Counts the robust-layer elements that the native solver did not converge on (re-solved as cone
+    programs; :func:`portfolio_layers.models.dro.dro_layer` logs them at INFO level)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.elements = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.elements += int(getattr(record, "elements", 0))
+
+
 def run_seed(config: BacktestConfig, prices: pd.DataFrame, seed: int, out: Path) -> pd.DataFrame:
     """Run every strategy of ``config`` with ``seed``; write and return its scores (one row per strategy)."""
     config = dataclasses.replace(config, seed=seed)
     _, periods = prepare_prices(prices, config)
     features = REPO / config.features if config.features else None
     rows = []
+    dro_log = logging.getLogger("portfolio_layers.models.dro")
+    if dro_log.getEffectiveLevel() > logging.INFO:
+        dro_log.setLevel(logging.INFO)
     for strategy in build_strategies(config, periods):
+        fallbacks = ConeFallbacks()
+        dro_log.addHandler(fallbacks)
         tic = time.perf_counter()
-        result = run_backtest(prices, [strategy], config, features=features)
+        try:
+            result = run_backtest(prices, [strategy], config, features=features)
+        finally:
+            dro_log.removeHandler(fallbacks)
         seconds = time.perf_counter() - tic
         r = result.returns[strategy.name]
         rows.append(
@@ -131,6 +153,7 @@ def run_seed(config: BacktestConfig, prices: pd.DataFrame, seed: int, out: Path)
                 "first": str(r.index[0].date()),
                 "last": str(r.index[-1].date()),
                 "seconds": seconds,
+                "cone_fallbacks": fallbacks.elements,
             }
         )
         result.weights[strategy.name].to_csv(out / f"weights_seed{seed}_{strategy.name}.csv")

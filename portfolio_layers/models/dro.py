@@ -305,6 +305,7 @@ def _solve_native(
             ambiguity,
             settings.max_iter,
             format_indices(idx),
+            extra={"elements": len(idx)},
         )
         z = z.index_put(
             (bad,),

@@ -25,6 +25,8 @@ from portfolio_layers.models.dro import (
     nominal_layer,
     prediction_errors,
 )
+from portfolio_layers.models.dro_native import IPMSettings, interior_point
+from portfolio_layers.models.dro_problems import HellingerProblem
 
 AMBIGUITY = ["hellinger", "tv"]
 DELTA = {"hellinger": 0.05, "tv": 0.2}
@@ -329,6 +331,35 @@ def test_large_delta_is_the_minimax_portfolio(amb: str) -> None:
         (layer * torch.arange(5.0, dtype=torch.float64)).sum().backward()
         assert d.grad is None or abs(float(d.grad)) < 1e-6
         assert bool(torch.isfinite(y_.grad).all())
+
+
+@pytest.mark.parametrize("amb", AMBIGUITY)
+def test_native_damped_steps_reach_the_same_solution(amb: str) -> None:
+    """The damped Newton steps (``rescue_after``, taken by the elements Mehrotra's steps did not settle
+    within 25 steps) alone, from the first step, converge to the same weights."""
+    E, y = problem(20, B=3, N=30, n=6)
+    delta = torch.tensor([0.02, 0.3, 1.2], dtype=torch.float64)
+    z = dro_layer(E, y, 0.3, delta, amb)
+    damped = dro_layer(E, y, 0.3, delta, amb, solver_args={"rescue_after": 0, "max_iter": 200})
+    torch.testing.assert_close(damped, z, atol=1e-7, rtol=0)
+
+
+def test_interior_point_elements_leave_the_batch_when_converged() -> None:
+    """Each element of a batch follows the path it follows alone (converged ones leave the batch), and
+    reports its own number of steps."""
+    E, y = problem(21, B=4, N=30, n=6)
+    s = E.square().mean((-2, -1)).rsqrt()
+    E, y = E * s[:, None, None], y * s[:, None].square()
+    gamma = torch.tensor([0.1, 0.3, 3.0, 30.0], dtype=torch.float64)
+    delta = torch.tensor([0.01, 0.2, 0.6, 1.0], dtype=torch.float64)
+    x, lam, slack, ok, steps = interior_point(HellingerProblem(E, y, gamma, delta), IPMSettings())
+    assert bool(ok.all()) and len(set(steps.tolist())) > 1, steps
+    for b in range(4):
+        one = interior_point(
+            HellingerProblem(E[b : b + 1], y[b : b + 1], gamma[b : b + 1], delta[b : b + 1]), IPMSettings()
+        )
+        torch.testing.assert_close(one[0][0], x[b], atol=1e-12, rtol=0)
+        assert int(one[4][0]) == int(steps[b])
 
 
 def test_native_settings_and_backend_errors() -> None:
