@@ -48,7 +48,8 @@ FEATURE_CLIP = 5.0
 
 
 #: Training settings of :class:`E2EPortfolio` when none are given; a ``train`` mapping replaces some of them.
-E2E_TRAIN = TrainConfig(epochs=8, patience=3, stride=2, cost_bps=10.0, chain=4)
+#: Equal weight competes on validation at every fit (chosen on 1995-2012: backtests/results/ew_competes.md).
+E2E_TRAIN = TrainConfig(epochs=8, patience=3, stride=2, cost_bps=10.0, chain=4, equal_weight_competes=True)
 
 
 def _run_setting(default: object, **accepted: object) -> dataclasses.Field:

@@ -70,6 +70,11 @@ class TrainConfig:
         Weight of an auxiliary MSE of the return head (0 disables it).
     jacobian_weight : float
         Weight of the DEQ's Jacobian regularizer when the encoder returns one.
+    equal_weight_competes : bool
+        For a network with a prior at equal weight (a decision layer with a gate ``tau``): equal weight (the
+        initial parameters with ``tau = 0``) competes on validation with the initial parameters and every
+        epoch, at every fit. Without it equal weight competes only where training starts from it (a first
+        fit); a warm-started re-fit starts from the previous fold's model.
     seed : int
         In ``[0, 2**32 - 1]``.
 
@@ -91,11 +96,16 @@ class TrainConfig:
     risk_aversion: float = number(5.0, low=0)
     aux_mse: float = number(0.0, low=0)
     jacobian_weight: float = number(0.0, low=0)
+    equal_weight_competes: bool = False
     seed: int = number(0, integer=True, low=0, high=MAX_SEED)
 
     def __post_init__(self) -> None:
         if self.loss not in OBJECTIVES:
             raise ConfigError(f"unknown loss {self.loss!r}; choose one of {', '.join(OBJECTIVES)}")
+        if not isinstance(self.equal_weight_competes, bool):
+            raise ConfigError(
+                f"TrainConfig.equal_weight_competes must be true or false, got {self.equal_weight_competes!r}"
+            )
         check_fields(self)
 
     @classmethod
@@ -122,7 +132,8 @@ class TrainHistory:
         ``skipped_steps`` (steps not applied: a non-finite loss or gradient, or a failed QP or DEQ solve).
     best_epoch : int
         Epoch whose state was kept (index into the curves); ``-1`` when no epoch beat the validation loss
-        of the initial parameters, which are then kept.
+        of the initial parameters, which are then kept; ``-2`` when equal weight was kept
+        (``TrainConfig.equal_weight_competes``).
     stopped_early : bool
     seconds : float
     n_train, n_val : int
@@ -396,6 +407,13 @@ def _train_loop(
     # on validation than where it started (for a warm-started re-fit: the previous fold's model). A
     # non-finite starting loss competes as +inf, so that any finite epoch replaces it.
     best = (initial_val if len(val_rows) and math.isfinite(initial_val) else math.inf, -1, _copy_state(net))
+    equal = _equal_weight_state(net) if config.equal_weight_competes and len(val_rows) else None
+    if equal is not None:
+        net.load_state_dict(equal)
+        equal_val = _evaluate(net, data, val_rows, config)
+        net.load_state_dict(best[2])
+        if equal_val < best[0]:
+            best = (equal_val, -2, equal)
     stopped = False
     bar = tqdm(range(config.epochs), desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
     for epoch in bar:
@@ -463,6 +481,18 @@ def _decision_parameters(net: nn.Module) -> dict:
     if isinstance(getattr(net, "risk_aversion", None), Tensor):
         out["risk_aversion"] = float(net.risk_aversion.detach())
     return out
+
+
+def _equal_weight_state(net: nn.Module) -> dict | None:
+    """A copy of ``net``'s state with the gate of its prior at equal weight set to 0 (the network then holds
+    equal weight), or ``None`` when it has no such gate or the gate is already 0."""
+    gate = getattr(getattr(net, "qp", None), "prior_gate", None)
+    if not isinstance(gate, Tensor) or not bool((gate > 0).any()):
+        return None
+    name = next(k for k, p in net.named_parameters() if p is gate)
+    state = _copy_state(net)
+    state[name] = torch.zeros_like(state[name])
+    return state
 
 
 def _copy_state(net: nn.Module) -> dict:

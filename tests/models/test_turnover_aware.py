@@ -16,7 +16,7 @@ from portfolio_layers.models.model import E2ENet
 from portfolio_layers.models.samples import WindowData
 from portfolio_layers.models.strategy import E2EPortfolio
 from portfolio_layers.models.synthetic import planted_market
-from portfolio_layers.models.training import TrainConfig, batch_loss, chain_returns, train
+from portfolio_layers.models.training import TrainConfig, batch_loss, chain_returns, split_rows, train
 
 F64 = torch.float64
 
@@ -270,3 +270,38 @@ def test_training_starts_from_equal_weight_and_the_initial_state_competes(market
     assert history.decision["tau"] == pytest.approx(float(net.qp.tau))
     with pytest.raises(ConfigError, match="chain"):
         train(net, data, TrainConfig(epochs=1, cost_bps=10.0, chain=3))
+
+
+@pytest.mark.parametrize("competes", [False, True])
+def test_equal_weight_competes_at_a_re_fit_when_asked(competes):
+    # A re-fit starts from a model that left equal weight (tau = 2). On a market without signal (drift 0) and
+    # with a learning rate too small to move it, that model's tilt only adds noise; with
+    # ``equal_weight_competes`` the kept state is the best of {start, equal weight, epochs} on validation.
+    market = planted_market(n_assets=5, n_rows=400, drift=0.0, seed=3)
+    returns = market.pct_change().to_numpy()
+    logret = np.log(market).diff()
+    features = np.stack([logret.rolling(w).mean().to_numpy() * 100 for w in (1, 5, 20)], -1)
+    data = WindowData(features, returns, window=5, cov_window=20, horizon=5, rebalance=5, chain=2)
+    net = _net(tau=2.0, cost=cost_per_year(10.0, 252, 5), n=5)
+    config = TrainConfig(epochs=2, cost_bps=10.0, chain=2, lr=1e-9, stride=3, equal_weight_competes=competes)
+    start = {k: v.clone() for k, v in net.state_dict().items()}
+    history = train(net, data, config)
+    # the validation loss of equal weight, computed here independently: the same network with the gate at 0
+    probe = _net(tau=2.0, cost=cost_per_year(10.0, 252, 5), n=5)
+    probe.load_state_dict(start)
+    with torch.no_grad():
+        probe.qp.prior_gate.zero_()
+        rows = data.decision_rows()[::3]
+        _, val_rows = split_rows(rows, config.val_fraction, data.horizon + data.reach())
+        equal_val = float(batch_loss(probe, data.batch(val_rows), config)[0])
+    kept = min(history.initial_val_loss, *history.val_loss)
+    if competes:
+        assert equal_val < kept  # the situation this test is about
+        assert history.best_epoch == -2
+        assert float(net.qp.tau) == 0.0
+        x = torch.randn(2, 5, 5, 3, dtype=F64)
+        cov = torch.eye(5, dtype=F64).expand(2, 5, 5)
+        w = net(x, cov, torch.full((2, 5), 0.2, dtype=F64)).weights
+        torch.testing.assert_close(w, torch.full_like(w, 0.2), atol=1e-8, rtol=0)
+    else:
+        assert history.best_epoch != -2 and float(net.qp.tau) > 0.0
