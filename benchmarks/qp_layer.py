@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import io
 import math
 import os
@@ -44,6 +45,7 @@ F64 = torch.float64
 GAMMA = 20.0  # risk aversion: 10-20 names held at n = 100, some at the 10% cap
 FULL_SIZES, QUICK_SIZES, BATCHES, CAPS = (20, 100, 250, 500, 1000), (20, 100), (1, 64), (None, 0.1)
 SKIP_AFTER_S = 10.0
+MAX_REPS, SHORT_BUDGET_S, BLOCK, REWARM = 101, 0.25, 10, 3
 REF_ELEMENTS = 8
 
 
@@ -236,18 +238,40 @@ def available_methods() -> dict[str, Callable]:
     return methods
 
 
-def timed(fn: Callable[[], object], reps: int) -> tuple[float, object]:
-    """Median wall time in ms over ``reps`` runs (fewer when one run is slow), and the last result."""
-    times, out = [], None
-    for i in range(reps):
-        t = time.perf_counter()
-        out = fn()
-        times.append(1e3 * (time.perf_counter() - t))
-        if i == 0 and times[0] > 2000:
-            break
-        if i == 1 and times[0] > 300:
-            break
-    return statistics.median(times), out
+def timed(
+    calls: dict[str, Callable[[], object]], first_ms: dict[str, float], reps: int
+) -> dict[str, tuple[float, float, object]]:
+    """Median wall and process CPU times in ms of each call, and its last result.
+
+    The calls take turns in blocks of ``BLOCK`` runs, each block after ``REWARM`` runs that are not
+    counted (the first runs after another method's are cold), so that a change of load on a shared
+    machine hits every method alike. Each call gets ``reps`` runs: 1-2 when a run is slow (as
+    ``first_ms``, the warm-up's time, or its first run says); more, up to ``MAX_REPS`` or about
+    ``SHORT_BUDGET_S`` in all, when runs are short, since sub-millisecond times vary most. The CPU time
+    (``time.process_time``, every thread of the process) leaves out waiting for a core.
+    """
+    walls: dict[str, list[float]] = {k: [] for k in calls}
+    cpus: dict[str, list[float]] = {k: [] for k in calls}
+    outs: dict[str, object] = {}
+    live = list(calls)
+    gc.collect()
+    gc.freeze()  # the objects made so far (solver objects, references) no longer slow the collector down
+    while live:
+        for name in list(live):
+            w = walls[name]
+            for j in range(-REWARM if (w[0] if w else first_ms[name]) < 300 else 0, BLOCK):
+                t, c = time.perf_counter(), time.process_time()
+                outs[name] = calls[name]()
+                if j < 0:
+                    continue
+                cpus[name].append(1e3 * (time.process_time() - c))
+                w.append(1e3 * (time.perf_counter() - t))
+                i = len(w)
+                slow = (i == 1 and w[0] > 2000) or (i == 2 and w[0] > 300)
+                if slow or (i >= reps and (i >= MAX_REPS or sum(w) > 1e3 * SHORT_BUDGET_S)):
+                    live.remove(name)
+                    break
+    return {k: (statistics.median(walls[k]), statistics.median(cpus[k]), outs[k]) for k in calls}
 
 
 def run_case(
@@ -258,10 +282,10 @@ def run_case(
     ref = clarabel_reference(P[:r], q[:r], cap)
     obj_ref = objective(P[:r], q[:r], ref)
     w = torch.randn(batch, n, generator=torch.Generator().manual_seed(1), dtype=F64)
-    rows, grads_ref = [], None
+    rows, grads_ref, fwds, fwd_bwds, first = {}, None, {}, {}, {}
     for name, fn in methods.items():
         if name in skip:
-            rows.append(dict(method=name, skipped=True))
+            rows[name] = dict(method=name, skipped=True)
             continue
         factor = name in FACTOR_FORM
 
@@ -276,12 +300,16 @@ def run_case(
             return x.detach(), leaves[0].grad if not factor else None, leaves[1].grad
 
         try:
+            t = time.perf_counter()
             fwd_bwd()  # warm-up: lazy imports, solver construction
-            t_f, x = timed(fwd, reps)
-            t_fb, (_, gP, gq) = timed(fwd_bwd, reps)
+            first[name] = 1e3 * (time.perf_counter() - t)
         except Exception as exc:  # an anchor failing is a result, not a crash of the benchmark
-            rows.append(dict(method=name, error=f"{type(exc).__name__}: {str(exc)[:80]}"))
+            rows[name] = dict(method=name, error=f"{type(exc).__name__}: {str(exc)[:80]}")
             continue
+        fwds[name], fwd_bwds[name] = fwd, fwd_bwd
+    forward, backward = timed(fwds, first, reps), timed(fwd_bwds, first, reps)
+    for name in fwds:
+        (t_f, c_f, x), (t_fb, c_fb, (_, gP, gq)) = forward[name], backward[name]
         if t_fb > SKIP_AFTER_S * 1e3:
             skip.add(name)
         x = x.detach()
@@ -293,7 +321,9 @@ def run_case(
         if name == "ipm (ours)":
             grads_ref = (gP, gq)
         gap = float((objective(P[:r], q[:r], xr) - obj_ref).max()) if math.isfinite(err) else math.inf
-        rows.append(dict(method=name, fwd=t_f, fwd_bwd=t_fb, err=err, viol=viol, gP=gP, gq=gq, gap=gap))
+        times = dict(fwd=t_f, fwd_bwd=t_fb, cpu_fwd=c_f, cpu_fwd_bwd=c_fb)
+        rows[name] = dict(method=name, **times, err=err, viol=viol, gP=gP, gq=gq, gap=gap)
+    rows = [rows[name] for name in methods]
     for row in rows:
         gd = []
         if grads_ref is not None and "gq" in row:
@@ -317,31 +347,35 @@ def cell_name(r: dict) -> str:
 
 
 def to_markdown(rows: list[dict], header: str) -> str:
-    cols = ["n", "batch", "cap", "names held", "method", "fwd ms", "fwd+bwd ms", "max abs err vs Clarabel",
-            "max (obj - obj Clarabel)", "max violation", "grad rel. diff vs ipm"]  # fmt: skip
+    cols = ["n", "batch", "cap", "names held", "method", "fwd ms", "fwd+bwd ms", "fwd CPU ms",
+            "fwd+bwd CPU ms", "max abs err vs Clarabel", "max (obj - obj Clarabel)", "max violation",
+            "grad rel. diff vs ipm"]  # fmt: skip
     lines = [header, "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         cap = "-" if r["cap"] is None else f"{r['cap']:.0%}"
         lead = f"| {r['n']} | {r['batch']} | {cap} | {r['held']:.1f} | {r['method']} |"
         if r.get("skipped"):
-            lines.append(f"{lead} - | - | skipped: over {SKIP_AFTER_S:.0f} s in a smaller cell | | | |")
+            skipped = f"skipped: over {SKIP_AFTER_S:.0f} s in a smaller cell"
+            lines.append(f"{lead} - | - | - | - | {skipped} | | | |")
         elif "error" in r:
-            lines.append(f"{lead} failed: {r['error']} | | | | | |")
+            lines.append(f"{lead} failed: {r['error']} | | | | | | | |")
         else:
-            vals = [fmt(r["fwd"], "ms"), fmt(r["fwd_bwd"], "ms")]
+            vals = [fmt(r[k], "ms") for k in ("fwd", "fwd_bwd", "cpu_fwd", "cpu_fwd_bwd")]
             vals += [fmt(r[k], "e") for k in ("err", "gap", "viol")]
             vals.append("-" if math.isnan(r["grad"]) else fmt(r["grad"], "e"))
             lines.append(f"{lead} " + " | ".join(vals) + " |")
     return "\n".join(lines)
 
 
-def ratios(rows: list[dict]) -> str:
+def ratios(rows: list[dict], cpu: bool) -> str:
     """Anchor time / our ("auto") time per cell, forward+backward (forward in parentheses)."""
     cells: dict[str, list[dict]] = {}
     for r in rows:
         cells.setdefault(cell_name(r), []).append(r)
     anchors = [m for m in dict.fromkeys(r["method"] for r in rows) if "(ours)" not in m]
-    out = ["", "Anchor time / our time (`auto`; > 1 means we are faster), forward+backward (forward):", ""]
+    f, fb = ("cpu_fwd", "cpu_fwd_bwd") if cpu else ("fwd", "fwd_bwd")
+    what = "process CPU time" if cpu else "wall time"
+    out = ["", f"Anchor {what} / our {what} (`auto`; > 1: we are faster), forward+backward (forward):", ""]
     out += ["| cell | auto picks | " + " | ".join(anchors) + " |", "|" + "---|" * (len(anchors) + 2)]
     for name, case in cells.items():
         ours_ = next((r for r in case if r["method"] == "auto (ours)" and "fwd" in r), None)
@@ -353,7 +387,7 @@ def ratios(rows: list[dict]) -> str:
             if r is None or "fwd" not in r:
                 parts.append("-")
             else:
-                parts.append(f"{r['fwd_bwd'] / ours_['fwd_bwd']:.2f} ({r['fwd'] / ours_['fwd']:.2f})")
+                parts.append(f"{r[fb] / ours_[fb]:.2f} ({r[f] / ours_[f]:.2f})")
         out.append(f"| {name} | {ours_['auto']} | " + " | ".join(parts) + " |")
     return "\n".join(out)
 
@@ -383,20 +417,27 @@ def main(argv: list[str] | None = None) -> None:
         sizes = QUICK_SIZES if args.quick else FULL_SIZES
         cells = [(n, b, c) for b in BATCHES for n in sizes for c in CAPS]
     methods = available_methods()
+    load_start = os.getloadavg() if hasattr(os, "getloadavg") else (math.nan,) * 3
     rows, skip = [], {b: set() for b in {c[1] for c in cells}}
     for n, batch, cap in sorted(cells, key=lambda c: (c[1], c[0])):
         rows.extend(run_case(n, batch, cap, methods, args.reps, skip[batch]))
         print(f"done n={n} batch={batch} cap={cap}", file=sys.stderr)
     rows.sort(key=lambda r: (r["n"], r["batch"], r["cap"] is not None))
     load = os.getloadavg() if hasattr(os, "getloadavg") else (math.nan,) * 3
+    load0 = f"{load_start[0]:.2f} / {load_start[1]:.2f} / {load_start[2]:.2f}"
     cmd = " ".join(["python benchmarks/qp_layer.py", *(argv if argv is not None else sys.argv[1:])])
     header = (
         "# QP layer benchmark\n\n"
         f"`{cmd}`; {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
         f"{torch.__version__}, one thread for every method (torch, OpenMP, MKL, OpenBLAS), float64, risk "
-        f"aversion {GAMMA}, 5 factors; load average at the end {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}."
+        f"aversion {GAMMA}, 5 factors; load average (1 / 5 / 15 min) at the start {load0}, at the end "
+        f"{load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}."
         " "
-        "Times are medians (of up to 7 runs; 1-2 runs for calls over 0.3 s), after one warm-up call (solver "
+        "Times are medians (of 7 runs; of more, up to 101 or about 0.25 s in all, for short calls; of 1-2 "
+        "runs for calls over 0.3 s; the methods of a cell take turns in blocks of 10 runs, each after three "
+        "uncounted runs), wall time and process CPU time (all threads; it leaves out waiting for "
+        "a core on a shared machine), "
+        "after one warm-up call (solver "
         "objects such as Moreau's are built once per shape, outside the timing). Errors are on up to "
         f"{REF_ELEMENTS} elements of the batch against cvxpy + Clarabel at 1e-12 tolerances; a negative "
         "objective difference means a lower (better) objective than the reference. cvxpylayers runs through "
@@ -405,7 +446,7 @@ def main(argv: list[str] | None = None) -> None:
         'default settings (active set below n = 500). `auto` is `solve_qp(backend="auto")`; the column '
         "'auto picks' says which backend it ran."
     )
-    text = to_markdown(rows, header) + "\n" + ratios(rows) + "\n"
+    text = to_markdown(rows, header) + "\n" + ratios(rows, cpu=True) + "\n" + ratios(rows, cpu=False) + "\n"
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as fh:
         fh.write(text)

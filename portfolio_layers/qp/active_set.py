@@ -52,6 +52,9 @@ _STATUS = {1: _SOLVED, 2: _SOLVED, -1: int(Status.PRIMAL_INFEASIBLE), -3: int(St
 _STATUS[-4] = int(Status.MAX_ITER)
 """DAQP's exit flags as status codes (plain ints: an enum member's lookup costs a microsecond)."""
 
+COMPACT_FROM = 48
+"""Size ``n + p + m`` from which the backward gathers its system down to the active set's size."""
+
 _TINY = np.finfo(np.float64).tiny ** 0.5
 _REG = 1e-12
 """Regularization of the backward's KKT matrix (relative to the normalized ``max|P| <= 1``)."""
@@ -270,22 +273,37 @@ class DualActiveSet:
 def adjoint(d: Normalized, sol: Solved, gx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``w (B, n)`` and ``nu (B, p + m)`` of the active-set adjoint system (module docstring).
 
-    Both in unnormalized units; ``nu`` is zero on the inactive rows.
+    Both in unnormalized units; ``nu`` is zero on the inactive rows. Past ``COMPACT_FROM`` unknowns the
+    system is gathered down to the kept entries (free variables, held rows; padded with identity rows
+    to the batch's largest count): its cost is cubic in that count, not in ``n + p + m``.
     """
     B, n = gx.shape
     N = n + d.R.shape[1]
     keep = sol.keep
     M = np.zeros((B, N, N))
     M[:, :n, :n], M[:, n:, :n], M[:, :n, n:] = d.P, d.R, d.R.transpose(0, 2, 1)
+    g = np.concatenate([gx / d.c[:, None], np.zeros((B, N - n))], 1)
+    reg = _layout(n, d.p, N - n)[2]
+    idx = None
+    if N >= COMPACT_FROM:
+        count = keep.sum(1)
+        K = int(count.max())
+        idx = np.argsort(~keep, axis=1, kind="stable")[:, :K]  # the kept entries first, in order
+        keep = np.arange(K) < count[:, None]
+        M = M[np.arange(B)[:, None, None], idx[:, :, None], idx[:, None, :]]
+        g, reg, N = np.take_along_axis(g, idx, 1), reg[idx], K
     M *= keep[:, :, None] & keep[:, None, :]
-    M.reshape(B, N * N)[:, :: N + 1] += ~keep  # identity rows: fixed variables, inactive rows
+    M.reshape(B, N * N)[:, :: N + 1] += ~keep  # identity rows: fixed variables, inactive rows, padding
     Mr = M.copy()
-    Mr.reshape(B, N * N)[:, :: N + 1] += np.where(keep, _layout(n, d.p, N - n)[2], 0.0)
-    rhs = np.zeros((B, N, 1))
-    rhs[:, :n, 0] = np.where(keep[:, :n], gx / d.c[:, None], 0.0)
+    Mr.reshape(B, N * N)[:, :: N + 1] += np.where(keep, reg, 0.0)
+    rhs = np.where(keep, g, 0.0)[..., None]
     z = np.linalg.solve(Mr, rhs)
-    z += np.linalg.solve(Mr, rhs - M @ z)
-    return z[:, :n, 0], z[:, n:, 0] * d.c[:, None]
+    z = (z + np.linalg.solve(Mr, rhs - M @ z))[..., 0]
+    if idx is not None:
+        full = np.zeros((B, n + d.R.shape[1]))
+        np.put_along_axis(full, idx, z, 1)
+        z = full
+    return z[:, :n], z[:, n:] * d.c[:, None]
 
 
 class ActiveSetFunction(torch.autograd.Function):

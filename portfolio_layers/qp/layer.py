@@ -29,8 +29,10 @@ from portfolio_layers.qp.solve_paths import _dense, _solve_active_set, _solve_ip
 
 BACKENDS = ("auto", "ipm", "active_set", "qpth", "cvxpylayers")
 AUX_RIDGE = 1e-9
-AUTO_SMALL_N = 50
-AUTO_SINGLE_N = 200
+AUTO_FEW = 4
+"""``backend="auto"``: batches of at most this many elements count as few (:func:`auto_backend`)."""
+AUTO_N = {(False, False): 200, (False, True): 300, (True, False): 50, (True, True): 200}
+"""``backend="auto"``: the largest ``n`` solved by "active_set", by (factor-form ``P``, few elements)."""
 
 
 def default_tol(dtype: torch.dtype) -> float:
@@ -149,15 +151,19 @@ def auto_backend(data: QPData) -> str:
     """The backend that ``backend="auto"`` picks for ``data``: "active_set" or "ipm".
 
     "active_set" (DAQP per element, see :mod:`portfolio_layers.qp.active_set`) on CPU when DAQP is
-    installed and the problem is small: ``n <= AUTO_SMALL_N`` at any batch size, or a single problem
-    with ``n <= AUTO_SINGLE_N``. Otherwise "ipm" (always on CUDA). The thresholds come from
-    ``benchmarks/qp_layer.py``: the active set's cost grows with the batch (one solve per element) and
-    about as ``n^3``, the interior point's is a fixed per-call overhead plus batched arithmetic.
+    installed and ``n`` is at most ``AUTO_N[factor form, few]``: with a dense ``P``, 200 at any batch size
+    and 300 for a batch of at most ``AUTO_FEW`` elements; with a :class:`FactorCov` (which the interior
+    point solves in ``O(n k^2)`` and the active set densely) 50 and 200. Otherwise "ipm" (always on
+    CUDA, and with an L1 cost, which it handles natively). The active set's cost is about ``n^3`` per
+    element (DAQP's setup and one working-set change per active constraint), the interior point's a
+    fixed per-call overhead (5-10 ms on one thread) plus batched arithmetic; the thresholds are the
+    crossovers measured with ``benchmarks/qp_layer.py``'s problems (long-only portfolios, 5-20 names
+    held, one thread): at ``n = 200`` and batch 64 the two are within 10% of each other.
     """
     if data.P.device.type != "cpu" or not daqp_available() or data.l1 is not None:
         return "ipm"
-    small = data.n <= AUTO_SMALL_N or (data.P.shape[0] == 1 and data.n <= AUTO_SINGLE_N)
-    return "active_set" if small else "ipm"
+    limit = AUTO_N[isinstance(data.P, FactorCov), data.q.shape[0] <= AUTO_FEW]
+    return "active_set" if data.n <= limit else "ipm"
 
 
 def _solve_split_dense(

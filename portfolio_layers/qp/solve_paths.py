@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -51,21 +50,19 @@ def _solve_active_set(
         sol = solver.solve(d, warm)
         x = as_tensor_like(sol.x, data.q)
     shape, n, p, m = data.batch_shape, data.n, data.p, data.m
-    # every other field from one array: one conversion, then views
-    rest = np.concatenate(
-        [sol.y, sol.lam, sol.zl, sol.zu, np.stack([sol.primal_residual, sol.dual_residual, sol.gap], 1)], 1
+    # every other field: views of one array
+    y, lam, zl, zu, res = as_tensor_like(sol.packed, x).reshape(*shape, -1).split([p, m, n, n, 3], -1)
+    dres, gap, pres = res.unbind(-1)
+    status, iterations = (
+        torch.from_numpy(v).to(x.device).reshape(shape) for v in (sol.status, sol.iterations)
     )
-    y, lam, zl, zu, res = as_tensor_like(rest, x).reshape(*shape, -1).split([p, m, n, n, 3], -1)
-    pres, dres, gap = res.unbind(-1)
-    ints = torch.from_numpy(np.stack([sol.status.astype(np.int32), sol.iterations], 0)).to(x.device)
-    status, iterations = ints.reshape(2, *shape).unbind(0)
     return QPSolution(
         x=x.reshape(*shape, n),
         y=y,
         lam=lam,
         z_lower=zl,
         z_upper=zu,
-        status=status.to(torch.int8),
+        status=status,
         iterations=iterations,
         primal_residual=pres,
         dual_residual=dres,

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from portfolio_layers.errors import InfeasibleError
-from portfolio_layers.qp import Status, solve_qp
+from portfolio_layers.qp import FactorCov, Status, solve_qp
 from portfolio_layers.qp.active_set import DualActiveSet, Normalized
-from portfolio_layers.qp.layer import AUTO_SINGLE_N, AUTO_SMALL_N, auto_backend
+from portfolio_layers.qp.layer import AUTO_FEW, AUTO_N, auto_backend
 from portfolio_layers.qp.problem import canonicalize
 from tests.qp.conftest import clarabel_solve, random_qp
 
@@ -52,6 +52,32 @@ def test_gradients_match_ipm(mix: str) -> None:
         grads[backend] = {k: v.grad for k, v in leaves.items()}
     for k, g in grads["ipm"].items():
         np.testing.assert_allclose(grads["active_set"][k].numpy(), g.numpy(), atol=1e-7, err_msg=k)
+
+
+@pytest.mark.parametrize("mix", ["all", "portfolio"])
+def test_compact_backward(mix: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past COMPACT_FROM unknowns the backward solves the gathered active-set system: the same gradients as
+    the full-size one and as the interior point's, with active sets of different sizes in one batch."""
+    from portfolio_layers.qp import active_set
+
+    n = active_set.COMPACT_FROM + 2
+    prob = random_qp(13, n, batch=(3,), mix=mix)
+    if mix == "portfolio":  # a cap binding in some elements only
+        prob["ub"] = torch.tensor([0.05, 0.2, 1.0], dtype=F64)[:, None].expand(3, n)
+    w = torch.randn(3, n, generator=torch.Generator().manual_seed(2), dtype=F64)
+
+    def grads(backend: str) -> dict:
+        leaves = {k: v.clone().requires_grad_(True) for k, v in prob.items() if isinstance(v, torch.Tensor)}
+        (solve_qp(**{**prob, **leaves}, backend=backend).x * w).sum().backward()
+        return {k: v.grad for k, v in leaves.items()}
+
+    compact, ipm = grads("active_set"), grads("ipm")
+    monkeypatch.setattr(active_set, "COMPACT_FROM", 10**9)
+    full = grads("active_set")
+    for k, g in ipm.items():
+        scale = float(g.abs().max()) + 1e-30
+        np.testing.assert_allclose(compact[k].numpy(), full[k].numpy(), atol=1e-12 * scale, err_msg=k)
+        np.testing.assert_allclose(compact[k].numpy(), g.numpy(), atol=1e-7 * scale, err_msg=k)
 
 
 def test_gradcheck() -> None:
@@ -172,14 +198,20 @@ def test_warm_start_changes_work_not_answer() -> None:
 
 
 def test_auto_choice() -> None:
-    def pick(n: int, batch: int) -> str:
-        P = torch.eye(n, dtype=F64).expand(batch, n, n)
+    def pick(n: int, batch: int, factor: bool = False) -> str:
+        if factor:
+            P = FactorCov(torch.ones(batch, n, 2, dtype=F64), torch.ones(batch, n, dtype=F64))
+        else:
+            P = torch.eye(n, dtype=F64).expand(batch, n, n)
         return auto_backend(canonicalize(P, torch.zeros(n, dtype=F64)))
 
-    assert pick(AUTO_SMALL_N, 256) == "active_set"
-    assert pick(AUTO_SMALL_N + 1, 2) == "ipm"
-    assert pick(AUTO_SINGLE_N, 1) == "active_set"
-    assert pick(AUTO_SINGLE_N + 1, 1) == "ipm"
+    for factor in (False, True):
+        many, few = AUTO_N[factor, False], AUTO_N[factor, True]
+        assert few > many
+        assert pick(many, 256, factor) == "active_set"
+        assert pick(many + 1, AUTO_FEW + 1, factor) == "ipm"
+        assert pick(few, AUTO_FEW, factor) == "active_set"
+        assert pick(few + 1, 1, factor) == "ipm"
 
 
 def test_auto_agrees_with_ipm() -> None:
