@@ -46,9 +46,15 @@ class IPMSettings:
     max_iter : int
         Newton steps at most.
     backtrack : float
-        Factor of the step while ``x`` is outside the domain of ``f`` (Hellinger: ``xi + lam > l_j``).
+        Factor of the step while ``x`` is outside the domain of ``f`` (Hellinger: ``xi + lam > l_j``) or
+        too close to its boundary.
     max_backtracks : int
         Such reductions at most per step.
+    boundary : float
+        Hellinger: a step keeps ``tau_j = xi + lam - l_j`` and ``lam`` above this fraction of their values
+        (fraction to the boundary of the domain of ``f``, as ``0.99`` is for ``s`` and ``lam``). Without
+        it, steps that land next to the boundary (``tau_j ~ 1e-6``) blow the gradient up and stall about
+        1 element in 5,000 of the E2E-DRO training with the worst case near a point mass (small ``lam``).
     rescue_after : int
         Newton steps after which the elements still running take damped steps: the plain Newton direction
         to the centring target ``rescue_sigma * mu`` (no predictor-corrector), halved until the squared
@@ -64,6 +70,7 @@ class IPMSettings:
     max_iter: int = 100
     backtrack: float = 0.5
     max_backtracks: int = 40
+    boundary: float = 0.1
     rescue_after: int = 25
     rescue_sigma: float = 0.1
 
@@ -127,7 +134,7 @@ def interior_point(problem: _Problem, settings: IPMSettings) -> tuple[Tensor, Te
     boundary is on ``s`` and ``lam`` only, both linear: the curvature of the quadratic constraints cannot
     jam an iterate against them. Each step is Mehrotra's predictor-corrector: an affine direction, the
     centring ``sigma = (mu_aff / mu)^3``, a corrected direction, 0.99 of the longest step keeping
-    ``s, lam > 0``, halved while ``x`` is outside the domain of ``f``.
+    ``s, lam > 0``, halved while ``x`` is outside the domain of ``f`` or too close to its boundary.
 
     The elements are independent: an element that meets the tolerance leaves the batch (its iterate is
     final), and the others go on as a smaller batch (``problem.subset``), so that the cost of a step
@@ -204,7 +211,7 @@ def interior_point(problem: _Problem, settings: IPMSettings) -> tuple[Tensor, Te
             if rescue:
                 ok = _merit(problem, xs, lams, ss, nus, a, target) <= (1.0 - 1e-4 * step) * merit
             else:
-                ok = problem.in_domain(xs)
+                ok = problem.keeps_interior(x, xs, settings.boundary)
             accept = todo & ok
             x = torch.where(accept[:, None], xs, x)
             lam = torch.where(accept[:, None], lams, lam)

@@ -44,9 +44,9 @@ class _Problem:
         """The same problem class on the batch elements ``keep`` (a bool mask or indices)."""
         return type(self)(self.E[keep], self.y[keep], self.gamma[keep], self.delta[keep], self.ridge)
 
-    def in_domain(self, x: Tensor) -> Tensor:
-        """Whether ``x`` is in the domain of ``f``, shape ``(B,)``."""
-        return torch.isfinite(self.objective(x)[0])
+    def keeps_interior(self, x: Tensor, xs: Tensor, fraction: float) -> Tensor:
+        """Whether the step from ``x`` to ``xs`` stays in the domain of ``f``, shape ``(B,)``."""
+        return torch.isfinite(self.objective(xs)[0])
 
     def _linear(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``ridge ||z||^2 - gamma y'z`` ``(B,)`` and its gradient in ``z`` ``(B, n)``."""
@@ -110,10 +110,12 @@ class HellingerProblem(_Problem):
         tau = lam[:, None] + xi[:, None] - loss
         return a, tau, lam[:, None] / tau, lam
 
-    def in_domain(self, x: Tensor) -> Tensor:
-        """Whether ``x`` is in the domain of ``f`` (``tau_j > 0`` and ``lam > 0``), shape ``(B,)``."""
+    def keeps_interior(self, x: Tensor, xs: Tensor, fraction: float) -> Tensor:
+        """Whether the step from ``x`` to ``xs`` keeps ``tau_j`` and ``lam`` above ``fraction`` times their
+        values at ``x`` (inside the domain ``tau_j, lam > 0``, away from its boundary), shape ``(B,)``."""
         _, tau, _, lam = self._parts(x)
-        return (tau > 0).all(-1) & (lam > 0)
+        _, tau_s, _, lam_s = self._parts(xs)
+        return (tau_s > fraction * tau).all(-1) & (lam_s > fraction * lam)
 
     def objective(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``f (B,)`` (``inf`` outside the domain) and its gradient ``(B, nx)``."""
