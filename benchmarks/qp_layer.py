@@ -418,17 +418,32 @@ def main(argv: list[str] | None = None) -> None:
         cells = [(n, b, c) for b in BATCHES for n in sizes for c in CAPS]
     methods = available_methods()
     load_start = os.getloadavg() if hasattr(os, "getloadavg") else (math.nan,) * 3
-    rows, skip = [], {b: set() for b in {c[1] for c in cells}}
-    for n, batch, cap in sorted(cells, key=lambda c: (c[1], c[0])):
+    cmd = " ".join(["python benchmarks/qp_layer.py", *(argv if argv is not None else sys.argv[1:])])
+    rows, skip, start = [], {b: set() for b in {c[1] for c in cells}}, time.perf_counter()
+    for k, (n, batch, cap) in enumerate(sorted(cells, key=lambda c: (c[1], c[0]))):
         rows.extend(run_case(n, batch, cap, methods, args.reps, skip[batch]))
         print(f"done n={n} batch={batch} cap={cap}", file=sys.stderr)
-    rows.sort(key=lambda r: (r["n"], r["batch"], r["cap"] is not None))
+        progress = (k + 1, len(cells), time.perf_counter() - start)
+        text = report(rows, cmd, load_start, progress)  # written after every cell: a cut run keeps its cells
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as fh:
+            fh.write(text)
+    print(text)
+
+
+def report(
+    rows: list[dict], cmd: str, load_start: tuple[float, ...], progress: tuple[int, int, float]
+) -> str:
+    """The results file: header, the table of every method and cell, the ratio tables."""
+    rows = sorted(rows, key=lambda r: (r["n"], r["batch"], r["cap"] is not None))
     load = os.getloadavg() if hasattr(os, "getloadavg") else (math.nan,) * 3
     load0 = f"{load_start[0]:.2f} / {load_start[1]:.2f} / {load_start[2]:.2f}"
-    cmd = " ".join(["python benchmarks/qp_layer.py", *(argv if argv is not None else sys.argv[1:])])
+    done, total, seconds = progress
+    state = "" if done == total else f" PARTIAL: {done} of {total} cells done."
     header = (
         "# QP layer benchmark\n\n"
-        f"`{cmd}`; {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
+        f"`{cmd}` ({seconds / 60:.0f} min);{state} {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cores, torch "
         f"{torch.__version__}, one thread for every method (torch, OpenMP, MKL, OpenBLAS), float64, risk "
         f"aversion {GAMMA}, 5 factors; load average (1 / 5 / 15 min) at the start {load0}, at the end "
         f"{load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}."
@@ -446,11 +461,7 @@ def main(argv: list[str] | None = None) -> None:
         'default settings (active set below n = 500). `auto` is `solve_qp(backend="auto")`; the column '
         "'auto picks' says which backend it ran."
     )
-    text = to_markdown(rows, header) + "\n" + ratios(rows, cpu=True) + "\n" + ratios(rows, cpu=False) + "\n"
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as fh:
-        fh.write(text)
-    print(text)
+    return to_markdown(rows, header) + "\n" + ratios(rows, cpu=True) + "\n" + ratios(rows, cpu=False) + "\n"
 
 
 if __name__ == "__main__":
