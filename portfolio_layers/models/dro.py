@@ -14,21 +14,26 @@ long-only, fully invested weights ``z``:
 Both are differentiable w.r.t. the errors, ``y_hat``, ``gamma`` (and ``delta``).
 
 Cost of :func:`dro_layer`, forward + backward at the paper's size (``n = 20``, ``N = 104``, float64, one
-thread, ``delta`` 0.05 (Hellinger) / 0.2 (TV), ``gamma`` 0.3), milliseconds per call, measured on a shared
-2-core machine under load (the cone timings are about twice those of an idle machine; ``*``: batch 8
-times 8, the cone backend is linear in the batch):
+thread, ``delta`` 0.05 (Hellinger) / 0.2 (TV), ``gamma`` 0.3), milliseconds per call. The native columns
+were measured back to back with the solver before the batch compaction of
+:func:`~portfolio_layers.models.dro_native.interior_point` (commit 89931da, in brackets) on a 2-core
+machine at load 11 (both slower than on a quieter machine: the earlier measurement of the old solver gave
+93, 97 and 335 ms for Hellinger); the cone columns are that earlier measurement (``*``: batch 8 times 8,
+the cone backend is linear in the batch):
 
-=====  =========  ============  ======  ============
-batch  Hellinger  Hellinger     TV      TV
-       native     cvxpylayers   native  cvxpylayers
-=====  =========  ============  ======  ============
-1      93         1767          65      732
-8      97         9239          125     3883
-64     335        ~74000*       370     ~31000*
-=====  =========  ============  ======  ============
+=====  ===============  ============  ==============  ============
+batch  Hellinger        Hellinger     TV              TV
+       native           cvxpylayers   native          cvxpylayers
+=====  ===============  ============  ==============  ============
+1      60 (70)          1767          103 (117)       732
+8      90 (100)         9239          157 (192)       3883
+64     307 (1417)       ~74000*       498 (731)       ~31000*
+=====  ===============  ============  ==============  ============
 
-Per element at batch 64 the native layers take about 5 ms: 200 (Hellinger) and 80 (TV) times less
-than the cone programs; at batch 1 the native cost is Python overhead of ~10-20 interior point steps.
+The batch's cost follows the elements still running (converged ones leave it), not the slowest one. At
+batch 1 the native cost is Python overhead of ~10-25 interior point steps. In the E2E-DRO training (564
+decisions, Hellinger) an epoch, forward and backward, takes 0.21 s on one core of a lightly loaded machine
+(2.2 s before), 1.4 s at load 11 (10 s before); ``backtests/e2edro/profile_epoch.py`` measures it.
 """
 
 from __future__ import annotations
