@@ -6,9 +6,13 @@ Both robust layers are written as smooth convex programs with inequality constra
 
 solved for a whole batch by one infeasible primal-dual interior point with slacks ``s = -g(x)`` and
 Mehrotra's predictor-corrector (see :func:`interior_point`), to ``tol = 1e-10`` relative on errors
-rescaled to unit root mean square. Eliminating ``ds`` and ``dlam`` leaves the symmetric positive
-definite system ``[H + J' diag(lam/s) J, a; a', 0]`` with ``H = hess f + sum_k lam_k hess g_k``; each
-problem class factors it with its own structure (TV: the ``beta`` block is diagonal and eliminated).
+rescaled to unit root mean square. Elements leave the batch as they converge, so a batch costs about
+its mean number of steps rather than its largest; the few that Mehrotra's steps do not settle in
+``rescue_after`` steps go on with damped Newton steps (:class:`IPMSettings`).
+
+Eliminating ``ds`` and ``dlam`` leaves the symmetric positive definite system
+``[H + J' diag(lam/s) J, a; a', 0]`` with ``H = hess f + sum_k lam_k hess g_k``; each problem class
+factors it with its own structure (TV: the ``beta`` block is diagonal and eliminated).
 
 The gradient is implicit: the KKT map ``K(x, lam, nu; theta) = (grad f + J'lam + a nu, -lam * g,
 a'x - 1) = 0`` has the same matrix after elimination, so for an upstream ``v = dL/dx`` the solve
