@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
-from portfolio_layers.qp import solve_qp
+from portfolio_layers.qp import FactorCov, solve_qp
 from portfolio_layers.qp.backends import _solve_cvxpylayers
 from portfolio_layers.qp.layer import auto_backend
 from portfolio_layers.qp.problem import canonicalize
@@ -90,6 +90,13 @@ def ours(backend: str) -> Callable:
         ).x
 
     return run
+
+
+def ours_factor(P, q, F, d, cap):  # noqa: ANN001, ANN201
+    """``solve_qp(backend="auto")`` with ``P`` as ``FactorCov(F, d)``: the input Moreau's factor form gets."""
+    n = q.shape[-1]
+    A, b = torch.ones(1, n, dtype=F64), torch.ones(1, dtype=F64)
+    return solve_qp(FactorCov(F, d), q, A, b, lb=0.0, ub=cap, backend="auto").x
 
 
 def method_qpth(P, q, F, d, cap):  # noqa: ANN001, ANN201
@@ -212,14 +219,16 @@ def method_moreau_factor(P, q, F, d, cap):  # noqa: ANN001, ANN201
     return sol.x[:, :n]
 
 
-FACTOR_FORM = {"Moreau factor form"}
+FACTOR_FORM = {"Moreau factor form", "auto factor form (ours)"}
+OURS, OURS_FACTOR = "auto (ours)", "auto factor form (ours)"
 
 
 def available_methods() -> dict[str, Callable]:
     methods = {
-        "auto (ours)": ours("auto"),
+        OURS: ours("auto"),
         "active_set (ours)": ours("active_set"),
         "ipm (ours)": ours("ipm"),
+        OURS_FACTOR: ours_factor,
     }
     for name, module, fn in (
         ("Moreau dense", "moreau", method_moreau),
@@ -333,6 +342,7 @@ def run_case(
         held = float((torch.as_tensor(ref) > 1e-6).sum(-1).double().mean())
         row.update(n=n, batch=batch, cap=cap, held=held, grad=max(gd) if gd else math.nan)
         row["auto"] = auto_backend(canonicalize(P, q))
+        row["auto_factor"] = auto_backend(canonicalize(FactorCov(F, d), q))
     return rows
 
 
@@ -368,27 +378,35 @@ def to_markdown(rows: list[dict], header: str) -> str:
 
 
 def ratios(rows: list[dict], cpu: bool) -> str:
-    """Anchor time / our ("auto") time per cell, forward+backward (forward in parentheses)."""
+    """Anchor time / our ("auto") time per cell, forward+backward (forward in parentheses).
+
+    A factor-form anchor is compared with our factor form (``FactorCov``), the others with the dense ``P``.
+    """
     cells: dict[str, list[dict]] = {}
     for r in rows:
         cells.setdefault(cell_name(r), []).append(r)
     anchors = [m for m in dict.fromkeys(r["method"] for r in rows) if "(ours)" not in m]
     f, fb = ("cpu_fwd", "cpu_fwd_bwd") if cpu else ("fwd", "fwd_bwd")
     what = "process CPU time" if cpu else "wall time"
-    out = ["", f"Anchor {what} / our {what} (`auto`; > 1: we are faster), forward+backward (forward):", ""]
-    out += ["| cell | auto picks | " + " | ".join(anchors) + " |", "|" + "---|" * (len(anchors) + 2)]
+    out = ["", f"Anchor {what} / our {what} (`auto`; > 1: we are faster), forward+backward (forward); a "
+           "factor-form anchor against our factor form:", ""]  # fmt: skip
+    out += ["| cell | auto picks (dense / factor) | " + " | ".join(anchors) + " |"]
+    out.append("|" + "---|" * (len(anchors) + 2))
+    ours_names = (OURS, OURS_FACTOR)
     for name, case in cells.items():
-        ours_ = next((r for r in case if r["method"] == "auto (ours)" and "fwd" in r), None)
-        if ours_ is None:
+        ours_ = {k: next((r for r in case if r["method"] == k and "fwd" in r), None) for k in ours_names}
+        if ours_[OURS] is None:
             continue
         parts = []
         for a in anchors:
             r = next((r for r in case if r["method"] == a), None)
-            if r is None or "fwd" not in r:
+            o = ours_[OURS_FACTOR if a in FACTOR_FORM else OURS]
+            if r is None or "fwd" not in r or o is None:
                 parts.append("-")
             else:
-                parts.append(f"{r[fb] / ours_[fb]:.2f} ({r[f] / ours_[f]:.2f})")
-        out.append(f"| {name} | {ours_['auto']} | " + " | ".join(parts) + " |")
+                parts.append(f"{r[fb] / o[fb]:.2f} ({r[f] / o[f]:.2f})")
+        picks = f"{ours_[OURS]['auto']} / {ours_[OURS]['auto_factor']}"
+        out.append(f"| {name} | {picks} | " + " | ".join(parts) + " |")
     return "\n".join(out)
 
 
@@ -458,8 +476,9 @@ def report(
         "objective difference means a lower (better) objective than the reference. cvxpylayers runs through "
         "diffcp with Clarabel or SCS at their default tolerances; dQP with DAQP at eps_abs 1e-10; Moreau at "
         "its "
-        'default settings (active set below n = 500). `auto` is `solve_qp(backend="auto")`; the column '
-        "'auto picks' says which backend it ran."
+        "default settings (active set below n = 500). `auto` is `solve_qp(backend='auto')` with the dense "
+        "`P`, `auto factor form` the same with `P` as `FactorCov(F, d)` (what Moreau's factor form gets); "
+        "the column 'auto picks' says which backends they ran."
     )
     return to_markdown(rows, header) + "\n" + ratios(rows, cpu=True) + "\n" + ratios(rows, cpu=False) + "\n"
 
