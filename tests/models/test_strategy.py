@@ -31,6 +31,7 @@ CHANGED = {
     "risk_aversion": 3.0,
     "aux_mse": 0.5,
     "jacobian_weight": 0.2,
+    "equal_weight_competes": False,
     "seed": 1,
 }
 JACOBIAN = {"train": {"jacobian_weight": 0.1}, "encoder_options": {"jacobian_samples": 1}}
