@@ -47,7 +47,7 @@ FULL_SIZES, QUICK_SIZES, BATCHES, CAPS = (20, 100, 250, 500, 1000), (20, 100), (
 SKIP_AFTER_S = 10.0
 MAX_N = {"cvxpylayers Clarabel": 500, "cvxpylayers SCS": 500}
 """Anchors left out above this n: at n = 1000 a cvxpylayers call (diffcp, dense P) took over 15 GB."""
-MAX_REPS, SHORT_BUDGET_S, BLOCK, REWARM = 101, 0.25, 10, 3
+MAX_REPS, SHORT_BUDGET_S, BLOCK, REWARM = 101, 0.25, 5, 3
 REF_ELEMENTS = 8
 
 
@@ -255,8 +255,9 @@ def timed(
     """Median wall and process CPU times in ms of each call, and its last result.
 
     The calls take turns in blocks of ``BLOCK`` runs, each block after ``REWARM`` runs that are not
-    counted (the first runs after another method's are cold), so that a change of load on a shared
-    machine hits every method alike. Each call gets ``reps`` runs: 1-2 when a run is slow (as
+    counted (the first runs after another method's are cold), a different call first in each round, so
+    that a change of load on a shared machine, or the state the cell's setup leaves, hits every method
+    alike. Each call gets ``reps`` runs: 1-2 when a run is slow (as
     ``first_ms``, the warm-up's time, or its first run says); more, up to ``MAX_REPS`` or about
     ``SHORT_BUDGET_S`` in all, when runs are short, since sub-millisecond times vary most. The CPU time
     (``time.process_time``, every thread of the process) leaves out waiting for a core.
@@ -267,8 +268,10 @@ def timed(
     live = list(calls)
     gc.collect()
     gc.freeze()  # the objects made so far (solver objects, references) no longer slow the collector down
+    turn = 0
     while live:
-        for name in list(live):
+        turn += 1
+        for name in live[turn % len(live) :] + live[: turn % len(live)]:  # a different method goes first
             w = walls[name]
             for j in range(-REWARM if (w[0] if w else first_ms[name]) < 300 else 0, BLOCK):
                 t, c = time.perf_counter(), time.process_time()
@@ -471,9 +474,9 @@ def report(
         f"{load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}."
         " "
         "Times are medians (of 7 runs; of more, up to 101 or about 0.25 s in all, for short calls; of 1-2 "
-        "runs for calls over 0.3 s; the methods of a cell take turns in blocks of 10 runs, each after three "
-        "uncounted runs), wall time and process CPU time (all threads; it leaves out waiting for "
-        "a core on a shared machine), "
+        "runs for calls over 0.3 s; the methods of a cell take turns in blocks of 5 runs, each after three "
+        "uncounted runs, another method first in each round), wall time and process CPU time (all "
+        "threads; it leaves out waiting for a core on a shared machine), "
         "after one warm-up call (solver "
         "objects such as Moreau's are built once per shape, outside the timing). Errors are on up to "
         f"{REF_ELEMENTS} elements of the batch against cvxpy + Clarabel at 1e-12 tolerances; a negative "
