@@ -277,13 +277,13 @@ def test_equal_weight_competes_at_a_re_fit_when_asked(competes):
     # A re-fit starts from a model that left equal weight (tau = 2). On a market without signal (drift 0) and
     # with a learning rate too small to move it, that model's tilt only adds noise; with
     # ``equal_weight_competes`` the kept state is the best of {start, equal weight, epochs} on validation.
-    market = planted_market(n_assets=5, n_rows=400, drift=0.0, seed=3)
+    market = planted_market(n_assets=5, n_rows=320, drift=0.0, seed=3)
     returns = market.pct_change().to_numpy()
     logret = np.log(market).diff()
     features = np.stack([logret.rolling(w).mean().to_numpy() * 100 for w in (1, 5, 20)], -1)
     data = WindowData(features, returns, window=5, cov_window=20, horizon=5, rebalance=5, chain=2)
     net = _net(tau=2.0, cost=cost_per_year(10.0, 252, 5), n=5)
-    config = TrainConfig(epochs=2, cost_bps=10.0, chain=2, lr=1e-9, stride=3, equal_weight_competes=competes)
+    config = TrainConfig(epochs=1, cost_bps=10.0, chain=2, lr=1e-9, stride=3, equal_weight_competes=competes)
     start = {k: v.clone() for k, v in net.state_dict().items()}
     history = train(net, data, config)
     # the validation loss of equal weight, computed here independently: the same network with the gate at 0
