@@ -431,6 +431,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quick", action="store_true", help="n in {20, 100} only")
     ap.add_argument("--cells", help="comma-separated n:batch:cap cells, e.g. 20:1:0.1,100:64:none")
     ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument(
+        "--methods", help="comma-separated substrings: only the methods whose name contains one (ipm always runs)"
+    )
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
@@ -441,6 +444,9 @@ def main(argv: list[str] | None = None) -> None:
         sizes = QUICK_SIZES if args.quick else FULL_SIZES
         cells = [(n, b, c) for b in BATCHES for n in sizes for c in CAPS]
     methods = available_methods()
+    if args.methods:
+        wanted = [w.strip().lower() for w in args.methods.split(",")]
+        methods = {k: v for k, v in methods.items() if k == "ipm (ours)" or any(w in k.lower() for w in wanted)}
     load_start = os.getloadavg() if hasattr(os, "getloadavg") else (math.nan,) * 3
     cmd = " ".join(["python benchmarks/qp_layer.py", *(argv if argv is not None else sys.argv[1:])])
     rows, skip, start = [], {b: set() for b in {c[1] for c in cells}}, time.perf_counter()
