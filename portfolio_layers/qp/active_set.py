@@ -92,6 +92,8 @@ class Normalized:
         ``lo`` and ``up`` with 0 where infinite.
     c : ndarray of shape (B,)
     p : int
+    F : ndarray of shape (B, n, k) or None
+        The unnormalized factor loadings of a ``P`` given in factor form (for the backward's gradients).
     """
 
     P: np.ndarray
@@ -103,13 +105,22 @@ class Normalized:
     up0: np.ndarray
     c: np.ndarray
     p: int
+    F: np.ndarray | None = None
 
     @classmethod
     def of(cls, d: QPData) -> Normalized:
-        """The arrays of ``d`` (a ``P`` in factor form is formed densely)."""
+        """The arrays of ``d`` (a ``P`` in factor form is formed densely, once, in numpy)."""
         B, n = d.q.shape
-        P, q = _arr(d.P if isinstance(d.P, Tensor) else d.P.dense()), _arr(d.q)
-        c = np.maximum(np.maximum(np.abs(P).max((-2, -1)), np.abs(q).max(-1)), _TINY)
+        q, F = _arr(d.q), None
+        if isinstance(d.P, Tensor):
+            P = _arr(d.P)
+            Pmax = np.abs(P).max((-2, -1))
+        else:  # F F' + diag(d): positive semidefinite, so max|P| is on the diagonal
+            F = _arr(d.P.F)
+            P = F @ F.transpose(0, 2, 1)
+            P.reshape(B, n * n)[:, :: n + 1] += _arr(d.P.d)
+            Pmax = P.reshape(B, n * n)[:, :: n + 1].max(-1)
+        c = np.maximum(np.maximum(Pmax, np.abs(q).max(-1)), _TINY)
         s = 1.0 / c
         rows = [_arr(v) for v in (d.A, d.G) if v is not None]
         R = rows[0] if len(rows) == 1 else np.concatenate(rows, 1) if rows else np.zeros((B, 0, n))
@@ -119,10 +130,15 @@ class Normalized:
         arrays = ((P + P.transpose(0, 2, 1)) * (0.5 * s)[:, None, None], q * s[:, None], R, lo, up)
         P, q, R, lo, up = (np.ascontiguousarray(v) for v in arrays)  # DAQP reads C order, not strides
         lo0, up0 = np.where(np.isfinite(lo), lo, 0.0), np.where(np.isfinite(up), up, 0.0)
-        return cls(P, q, R, lo, up, lo0, up0, c, d.p)
+        return cls(P, q, R, lo, up, lo0, up0, c, d.p, F)
 
     def not_psd(self) -> bool:
-        """Whether some ``P`` fails a Cholesky factorization after a shift of ``100 n eps``."""
+        """Whether some ``P`` fails a Cholesky factorization after a shift of ``100 n eps``.
+
+        False without a check for a ``P`` given in factor form (``d > 0`` was checked on input).
+        """
+        if self.F is not None:
+            return False
         n = self.P.shape[-1]
         try:
             np.linalg.cholesky(self.P + 100.0 * n * np.finfo(np.float64).eps * np.eye(n))
@@ -309,9 +325,11 @@ def adjoint(d: Normalized, sol: Solved, gx: np.ndarray) -> tuple[np.ndarray, np.
 class ActiveSetFunction(torch.autograd.Function):
     """``x = argmin 1/2 x'Px - q'x  s.t.  Ax = b, Gx <= h, lb <= x <= ub`` by DAQP, for flat batches.
 
-    ``apply(solver, out, warm, P, q, A, b, G, h, lb, ub)`` with the tensors of a
-    :class:`~portfolio_layers.qp.problem.QPData` (``A``/``b``, ``G``/``h`` may be None). Returns
-    ``x (B, n)``; ``out`` (a list holding the :class:`Normalized` data) receives the :class:`Solved` result.
+    ``apply(solver, out, warm, P, q, A, b, G, h, lb, ub, d)`` with the tensors of a
+    :class:`~portfolio_layers.qp.problem.QPData` (``A``/``b``, ``G``/``h`` may be None); for a ``P`` in
+    factor form, ``P`` is ``F (B, n, k)`` and ``d (B, n)`` follows (else None): the gradients go to ``F``
+    and ``d`` in ``O(n k)``, no ``n x n`` matrix enters the graph. Returns ``x (B, n)``; ``out`` (a list
+    holding the :class:`Normalized` data) receives the :class:`Solved` result.
     """
 
     @staticmethod
@@ -328,6 +346,7 @@ class ActiveSetFunction(torch.autograd.Function):
         h: Tensor | None,
         lb: Tensor,
         ub: Tensor,
+        d_diag: Tensor | None = None,
     ) -> Tensor:
         d = out[0]
         sol = solver.solve(d, warm)
@@ -352,6 +371,9 @@ class ActiveSetFunction(torch.autograd.Function):
             return u[:, :, None] * v[:, None, :]
 
         grads = {0: lambda: -0.5 * (outer(w, x) + outer(x, w)), 1: lambda: w}
+        if d.F is not None:  # P = F F' + diag(d): dF = -(w x'F + x w'F), dd = -w x (FactorCov.gradients)
+            grads[0] = lambda: -(outer(w, _mtv(d.F, x)) + outer(x, _mtv(d.F, w)))
+            grads[8] = lambda: -w * x
         for k, (has, mult, adj) in enumerate(
             ((ctx.has_rows[0], sol.y, nu[:, :p]), (ctx.has_rows[1], sol.lam, nu[:, p:]))
         ):

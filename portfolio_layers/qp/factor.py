@@ -62,7 +62,8 @@ class FactorCov:
                 f"and d {tuple(d.shape)}"
             )
         try:
-            torch.broadcast_shapes(F.shape[:-2], d.shape[:-1])
+            if F.shape[:-2] != d.shape[:-1]:  # (torch's broadcast_shapes costs ~20 us a call)
+                torch.broadcast_shapes(F.shape[:-2], d.shape[:-1])
         except RuntimeError as exc:
             raise ShapeError(
                 f"FactorCov: the batch dimensions of F {tuple(F.shape)} and d {tuple(d.shape)} do not "
@@ -72,8 +73,8 @@ class FactorCov:
     @property
     def shape(self) -> torch.Size:
         """``(*batch, n, n)``: the shape of the dense ``P``."""
-        n = self.d.shape[-1]
-        return torch.Size((*torch.broadcast_shapes(self.F.shape[:-2], self.d.shape[:-1]), n, n))
+        n, fb, db = self.d.shape[-1], self.F.shape[:-2], self.d.shape[:-1]
+        return torch.Size((*(fb if fb == db else torch.broadcast_shapes(fb, db)), n, n))
 
     @property
     def dtype(self) -> torch.dtype:

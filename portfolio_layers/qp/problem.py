@@ -299,6 +299,8 @@ def check_factor(P: FactorCov) -> None:
         Some ``d == 0`` (the factor form needs ``d > 0``; see :mod:`portfolio_layers.qp.factor`).
     """
     check_finite("FactorCov.F", P.F)
+    if bool((P.d > 0).all()):  # one reduction in the usual case (NaN fails it too)
+        return
     check_finite("FactorCov.d", P.d)
     for bad, err, what in ((P.d < 0, NotPSDError, "negative"), (P.d == 0, InputError, "zero")):
         if bool(bad.any()):

@@ -41,7 +41,9 @@ def _solve_active_set(
             duals = torch.cat(parts, -1).to(torch.float64).numpy()
         warm = x.to(torch.float64).numpy(), duals
     solver = DualActiveSet(tol=tol, max_iter=max_iter * (data.n + data.p + data.m))
-    tensors = _dense(data).tensors()
+    tensors = data.tensors()
+    if isinstance(data.P, FactorCov):  # F in P's place, d last (see ActiveSetFunction)
+        tensors = (data.P.F, *tensors[1:], data.P.d)
     if torch.is_grad_enabled() and any(v is not None and v.requires_grad for v in tensors):
         out = [d]
         x = ActiveSetFunction.apply(solver, out, warm, *tensors)

@@ -46,7 +46,7 @@ def split(qp: dict) -> tuple[torch.Tensor, torch.Tensor, dict]:
     return qp["F"], qp["d"], rest
 
 
-def solve_both(qp: dict, grad: bool = True):
+def solve_both(qp: dict, grad: bool = True, backend: str = "ipm"):
     """Solutions and gradients (to q, F, d) of the loss ``sum(w * x)`` with the factor and the dense P."""
     out = []
     for form in ("factor", "dense"):
@@ -54,7 +54,7 @@ def solve_both(qp: dict, grad: bool = True):
         F, d = F.clone().requires_grad_(grad), d.clone().requires_grad_(grad)
         rest["q"] = rest["q"].clone().requires_grad_(grad)
         P = FactorCov(F, d) if form == "factor" else F @ F.mT + torch.diag_embed(d)
-        sol = solve_qp(P, **rest)
+        sol = solve_qp(P, **rest, backend=backend)
         grads = None
         if grad:
             w = torch.linspace(-1.0, 2.0, sol.x.shape[-1], dtype=sol.x.dtype)
@@ -63,11 +63,12 @@ def solve_both(qp: dict, grad: bool = True):
     return out
 
 
+@pytest.mark.parametrize("backend", ["ipm", "active_set"])
 @pytest.mark.parametrize("mix", MIXES)
 @pytest.mark.parametrize("seed", [0, 1])
-def test_factor_matches_dense(mix: str, seed: int) -> None:
+def test_factor_matches_dense(mix: str, seed: int, backend: str) -> None:
     qp = factor_qp(seed, 14, 3, mix)
-    (sf, gf), (sd, gd) = solve_both(qp)
+    (sf, gf), (sd, gd) = solve_both(qp, backend=backend)
     assert sf.ok and sd.ok
     for name in ("x", "y", "lam", "z_lower", "z_upper"):
         a, b = getattr(sf, name), getattr(sd, name)
@@ -84,14 +85,15 @@ def test_factor_matches_clarabel() -> None:
     assert torch.allclose(x, torch.as_tensor(ref), atol=1e-7)
 
 
+@pytest.mark.parametrize("backend", ["ipm", "active_set"])
 @pytest.mark.parametrize("mix", ["box", "all", "portfolio"])
-def test_gradcheck_F_d(mix: str) -> None:
+def test_gradcheck_F_d(mix: str, backend: str) -> None:
     qp = factor_qp(4, 5, 2, mix, batch=(2,))
     F, d, rest = split(qp)
     q = rest.pop("q")
 
     def f(F: torch.Tensor, d: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-        return solve_qp(FactorCov(F, d), q, **rest).x
+        return solve_qp(FactorCov(F, d), q, **rest, backend=backend).x
 
     args = [v.clone().requires_grad_(True) for v in (F, d, q)]
     assert torch.autograd.gradcheck(f, args, eps=1e-6, atol=1e-6, rtol=1e-5)
