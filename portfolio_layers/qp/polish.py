@@ -153,13 +153,18 @@ def corrected(
 
 
 def polish_corrected(
-    d: QPData, act: ActiveSet, shift: float, eps: float, rounds: int = 5
+    d: QPData, act: ActiveSet, shift: float, eps: float, rounds: int = 10
 ) -> list[tuple[Tensor, Polished]]:
     """:func:`polish`, then up to ``rounds`` active-set corrections on the elements that failed.
 
     A correction adds the free variables / rows that the polished point violates to the active set
     and drops the active ones whose multiplier came out negative (a primal-dual active-set step).
     Returns the successful elements as chunks ``(indices into the batch of d, Polished)``.
+
+    From an early iterate the guess can be far off (at ``n = 500``, long-only, the first guess held
+    every lower bound and the corrections went 500 -> 0 -> 238 -> 382 -> 447 -> 481 -> 490 held bounds):
+    10 rounds instead of 5 finished that solve after 3 interior-point iterations instead of 8 (10.5 ->
+    7.9 ms forward+backward at batch 1 in factor form, 495 -> 401 ms at n = 250, batch 64, dense).
     """
     return corrected(polish, _correct, d, act, shift, eps, rounds)
 
