@@ -144,7 +144,10 @@ def corrected(
         bad = (~pol.ok).nonzero().squeeze(-1)
         if bad.numel() == 0 or r == rounds:
             break
-        d, a = d.take(bad), act.take(bad)
+        if bad.numel() < idx.numel():  # (no copy when every element failed, as for a single problem)
+            d, a = d.take(bad), act.take(bad)
+        else:
+            a = act
         new = correct(d, a, pol, bad, eps)
         if _same(new, a):
             break
