@@ -54,15 +54,18 @@ def test_non_finite_inputs_rejected() -> None:
         solve_qp(P, q, tol=-1.0)
 
 
-def test_indefinite_P_is_a_clear_error() -> None:
+@pytest.mark.parametrize("backend", ["ipm", "active_set"])
+@pytest.mark.parametrize("throw", [True, False])
+def test_indefinite_P_is_a_clear_error(backend: str, throw: bool) -> None:
     P = torch.diag(torch.tensor([1.0, -0.5, 2.0], dtype=F64))
     with pytest.raises(NotPSDError, match="not positive semidefinite.*smallest eigenvalue"):
-        solve_qp(P, torch.ones(3, dtype=F64), lb=0.0, ub=1.0)
+        solve_qp(P, torch.ones(3, dtype=F64), lb=0.0, ub=1.0, backend=backend, throw=throw)
 
 
-def test_psd_singular_P_is_accepted() -> None:
+@pytest.mark.parametrize("backend", ["ipm", "active_set"])
+def test_psd_singular_P_is_accepted(backend: str) -> None:
     P = torch.zeros(3, 3, dtype=F64)  # a linear program over the box
-    sol = solve_qp(P, torch.tensor([1.0, -1.0, 0.5], dtype=F64), lb=0.0, ub=1.0)
+    sol = solve_qp(P, torch.tensor([1.0, -1.0, 0.5], dtype=F64), lb=0.0, ub=1.0, backend=backend)
     torch.testing.assert_close(sol.x, torch.tensor([1.0, 0.0, 1.0], dtype=F64), atol=1e-7, rtol=0)
 
 
