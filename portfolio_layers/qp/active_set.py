@@ -151,34 +151,33 @@ class Normalized:
 class Solved:
     """The forward's result, numpy arrays with leading dimension ``B`` (unnormalized units).
 
-    ``x (B, n)``; the active set: ``lower``/``upper (B, n)``, ``rows (B, m)`` (bool) and
-    ``keep (B, n + p + m)``, the free variables then the held rows (every equality); ``status (B,)`` (int8),
-    ``iterations (B,)``;
+    ``x (B, n)``; the active set (None when solved for the forward alone): ``lower``/``upper (B, n)``,
+    ``rows (B, m)`` (bool) and ``keep (B, n + p + m)``, the free variables then the held rows (every
+    equality); ``status (B,)`` (int8), ``iterations (B,)``;
     ``packed (B, p + m + 2n + 3)``: the multipliers ``y``, ``lam``, ``zl``, ``zu`` and ``dual_residual``,
-    ``duality_gap``, ``primal_residual`` side by side (read them by name).
+    ``duality_gap``, ``primal_residual`` side by side (read them by name); ``p`` the number of equalities.
     """
 
     x: np.ndarray
-    lower: np.ndarray
-    upper: np.ndarray
-    rows: np.ndarray
-    keep: np.ndarray
+    lower: np.ndarray | None
+    upper: np.ndarray | None
+    rows: np.ndarray | None
+    keep: np.ndarray | None
     status: np.ndarray
     iterations: np.ndarray
     packed: np.ndarray
+    p: int
 
     def _part(self, i: int, j: int) -> np.ndarray:
         return self.packed[:, i:j]
 
     @property
     def y(self) -> np.ndarray:
-        p = self.keep.shape[1] - self.x.shape[1] - self.rows.shape[1]
-        return self._part(0, p)
+        return self._part(0, self.p)
 
     @property
     def lam(self) -> np.ndarray:
-        m = self.rows.shape[1]
-        return self._part(-3 - 2 * self.x.shape[1] - m, -3 - 2 * self.x.shape[1])
+        return self._part(self.p, -3 - 2 * self.x.shape[1])
 
     @property
     def zl(self) -> np.ndarray:
@@ -230,8 +229,10 @@ class DualActiveSet:
     tol: float = 1e-10
     max_iter: int = 10_000
 
-    def solve(self, d: Normalized, warm: tuple[np.ndarray, np.ndarray | None] | None = None) -> Solved:
-        """Solve every element of ``d``.
+    def solve(
+        self, d: Normalized, warm: tuple[np.ndarray, np.ndarray | None] | None = None, active: bool = True
+    ) -> Solved:
+        """Solve every element of ``d`` (``active=False``: without the active set, which only the backward reads).
 
         ``warm`` is a previous point ``x (B, n)`` and, optionally, DAQP's multipliers ``(B, n + p + m)``
         in the units of ``d`` (bounds, negative at a lower bound, then ``A``, then ``G``): DAQP starts
@@ -259,10 +260,16 @@ class DualActiveSet:
         failed = status != _SOLVED
         if failed.any():
             duals[failed] = 0.0
-        return self._finish(d, x, duals, status, iters)
+        return self._finish(d, x, duals, status, iters, active)
 
     def _finish(
-        self, d: Normalized, x: np.ndarray, duals: np.ndarray, status: np.ndarray, iters: np.ndarray
+        self,
+        d: Normalized,
+        x: np.ndarray,
+        duals: np.ndarray,
+        status: np.ndarray,
+        iters: np.ndarray,
+        active: bool = True,
     ) -> Solved:
         """Active set, multipliers and residuals of DAQP's point ``x`` and multipliers ``duals``."""
         n, p, tol = x.shape[1], d.p, self.tol
@@ -270,11 +277,13 @@ class DualActiveSet:
         xc = np.minimum(np.maximum(x, d.lo[:, :n]), d.up[:, :n])
         v = np.concatenate([xc, _mv(d.R, xc)], 1)  # [x; Ax; Gx]
         # held: a nonzero multiplier, or a zero one and a slack <= tol (1 + |limit|) (none if infinite)
-        zero = duals == 0
-        lower = (duals < 0) | (zero & (v <= d.lo * (1.0 + tol * np.sign(d.lo)) + tol))
-        upper = ~lower & ((duals > 0) | (zero & (v >= d.up * (1.0 - tol * np.sign(d.up)) - tol)))
-        keep = (lower | upper) ^ bounds  # free variables, held rows
-        keep[:, n : n + p] = True
+        lower = upper = keep = None
+        if active:
+            zero = duals == 0
+            lower = (duals < 0) | (zero & (v <= d.lo * (1.0 + tol * np.sign(d.lo)) + tol))
+            upper = ~lower & ((duals > 0) | (zero & (v >= d.up * (1.0 - tol * np.sign(d.up)) - tol)))
+            keep = (lower | upper) ^ bounds  # free variables, held rows
+            keep[:, n : n + p] = True
         pos, neg = np.maximum(duals, 0.0), np.maximum(-duals, 0.0)
         comp = neg * (v - d.lo0) + pos * (d.up0 - v)
         comp[:, n : n + p] = 0.0  # no complementarity on the equalities
@@ -283,7 +292,9 @@ class DualActiveSet:
         viol = np.maximum(np.maximum(v - d.up, d.lo - v).max(-1, keepdims=True), 0.0) / c
         tail = [np.abs(g).max(-1, keepdims=True), comp.sum(-1, keepdims=True), viol]
         packed = np.concatenate([duals[:, n : n + p], pos[:, n + p :], neg[:, :n], pos[:, :n], *tail], 1) * c
-        return Solved(xc, lower[:, :n], upper[:, :n], upper[:, n + p :], keep, status, iters, packed)
+        if not active:
+            return Solved(xc, None, None, None, None, status, iters, packed, p)
+        return Solved(xc, lower[:, :n], upper[:, :n], upper[:, n + p :], keep, status, iters, packed, p)
 
 
 def adjoint(d: Normalized, sol: Solved, gx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

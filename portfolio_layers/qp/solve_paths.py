@@ -47,7 +47,7 @@ def _solve_active_set(
         x = ActiveSetFunction.apply(solver, out, warm, *tensors)
         sol = out[1]
     else:  # nothing to differentiate: no autograd node (a tenth of a small call)
-        sol = solver.solve(d, warm)
+        sol = solver.solve(d, warm, active=False)
         x = as_tensor_like(sol.x, data.q)
     # an indefinite P fails DAQP's Cholesky (a failed element), so only then is P checked (~6 us at n = 20)
     if (sol.status != Status.SOLVED).any() and d.not_psd():
