@@ -32,8 +32,8 @@ batch  Hellinger        Hellinger     TV              TV
 
 The batch's cost follows the elements still running (converged ones leave it), not the slowest one. At
 batch 1 the native cost is Python overhead of ~10-25 interior point steps. In the E2E-DRO training (564
-decisions, Hellinger) an epoch, forward and backward, takes 0.21 s on one core of a lightly loaded machine
-(2.2 s before), 1.4 s at load 11 (10 s before); ``backtests/e2edro/profile_epoch.py`` measures it.
+decisions, Hellinger) an epoch, forward and backward, takes 0.18 s on one thread at load 2 (1.48 s before),
+1.4 s at load 11 (10 s before); ``backtests/e2edro/profile_epoch.py`` measures it.
 """
 
 from __future__ import annotations
