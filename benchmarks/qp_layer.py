@@ -432,7 +432,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--cells", help="comma-separated n:batch:cap cells, e.g. 20:1:0.1,100:64:none")
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument(
-        "--methods", help="comma-separated substrings: only the methods whose name contains one (ipm always runs)"
+        "--methods",
+        help="comma-separated substrings: only the methods whose name contains one (ipm always runs)",
     )
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
@@ -446,7 +447,8 @@ def main(argv: list[str] | None = None) -> None:
     methods = available_methods()
     if args.methods:
         wanted = [w.strip().lower() for w in args.methods.split(",")]
-        methods = {k: v for k, v in methods.items() if k == "ipm (ours)" or any(w in k.lower() for w in wanted)}
+        keep = [k for k in methods if k == "ipm (ours)" or any(w in k.lower() for w in wanted)]
+        methods = {k: methods[k] for k in keep}
     load_start = os.getloadavg() if hasattr(os, "getloadavg") else (math.nan,) * 3
     cmd = " ".join(["python benchmarks/qp_layer.py", *(argv if argv is not None else sys.argv[1:])])
     rows, skip, start = [], {b: set() for b in {c[1] for c in cells}}, time.perf_counter()

@@ -232,7 +232,7 @@ class DualActiveSet:
     def solve(
         self, d: Normalized, warm: tuple[np.ndarray, np.ndarray | None] | None = None, active: bool = True
     ) -> Solved:
-        """Solve every element of ``d`` (``active=False``: without the active set, which only the backward reads).
+        """Solve every element of ``d`` (``active=False``: without the active set, read by the backward only).
 
         ``warm`` is a previous point ``x (B, n)`` and, optionally, DAQP's multipliers ``(B, n + p + m)``
         in the units of ``d`` (bounds, negative at a lower bound, then ``A``, then ``G``): DAQP starts

@@ -25,7 +25,6 @@ from portfolio_layers.qp.problem import QPData, as_tensor, check_finite
 from portfolio_layers.qp.solution import QPSolution, Status
 from portfolio_layers.qp.warm import warm_state
 
-
 POLISH_MU_FACTOR = 1e-2
 """The interior point's ``polish_mu`` with a :class:`FactorCov` ``P`` (1e-3 with a dense one): there a polish
 round costs ``O(n r^2)``, about an interior-point iteration, not ``O(free^3)``, so it is tried an iteration
