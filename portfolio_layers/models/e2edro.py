@@ -66,10 +66,13 @@ def make_panel(
     columns : tuple of str, optional
         The feature columns of the first fit, which later calls must repeat.
 
+    Leading rows with an incomplete feature row (features that start after the prices) are dropped, with their
+    prices; a NaN or infinite feature after the first complete row is an error.
+
     Raises
     ------
     DataError
-        Missing, misaligned, non-numeric or non-finite features.
+        Missing, misaligned or non-numeric features, or non-finite ones after the first complete row.
     """
     if features is None:
         raise DataError(
@@ -92,12 +95,19 @@ def make_panel(
     if bad:
         raise DataError(f"{where}: feature columns {bad} are not numeric.")
     x = features.to_numpy(dtype=np.float64)
-    if not np.isfinite(x).all():
-        row = int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])
-        raise DataError(
-            f"{where}: the features hold NaN or infinite values (first on {features.index[row]})."
-        )
     p = prices.to_numpy(dtype=np.float64)
+    finite = np.isfinite(x).all(axis=1)
+    if not finite.any():
+        raise DataError(f"{where}: no feature row is complete (every row holds NaN or infinite values).")
+    start = int(np.argmax(finite))  # leading incomplete rows (features that start later) are dropped
+    if not finite[start:].all():
+        row = start + int(np.flatnonzero(~finite[start:])[0])
+        raise DataError(
+            f"{where}: the features hold NaN or infinite values after their first complete row "
+            f"{features.index[start]} (first on {features.index[row]}); fill them from the past "
+            "(features.ffill()) or drop those dates from both prices and features."
+        )
+    x, p = x[start:], p[start:]
     r = np.zeros_like(p)
     r[1:] = p[1:] / p[:-1] - 1.0
     return Panel(torch.tensor(x), torch.tensor(r))
@@ -272,7 +282,7 @@ class DROPortfolio:
         if self.end_to_end:
             if len(rows) == 0:
                 raise DataError(
-                    f"{where}: {len(prices)} rows leave no training decision (each needs N = "
+                    f"{where}: {panel.rows} rows with features leave no training decision (each needs N = "
                     f"{self.error_window} earlier and horizon = {self.horizon} later rows); use more rows"
                 )
             losses, _ = train_net(net, panel, rows, self._settings())
@@ -331,8 +341,8 @@ class DROPortfolio:
             panel = make_panel(prices, features, where, self.features_)
             if panel.rows - 1 < self.error_window:
                 raise DataError(
-                    f"{where}: {len(prices)} price rows hold fewer than N = {self.error_window} prediction "
-                    f"errors; give at least {self.error_window + 1} rows (lookback >= {self.error_window})"
+                    f"{where}: {panel.rows} price rows with features hold fewer than N = "
+                    f"{self.error_window} prediction errors; give at least {self.error_window + 1} rows (lookback >= {self.error_window})"
                 )
             with torch.no_grad():
                 z, _ = self.net_(panel, torch.tensor([panel.rows - 1]))

@@ -238,6 +238,7 @@ def test_weights_use_only_the_last_rows_given() -> None:
         (lambda p, f: (p, f.iloc[1:]), DataError, "carry the dates"),
         (lambda p, f: (p, f.assign(f0=np.where(np.arange(len(f)) == 5, np.nan, f["f0"]))), DataError, "NaN"),
         (lambda p, f: (p, f.assign(f1="a")), DataError, "not numeric"),
+        (lambda p, f: (p, f * np.nan), DataError, "no feature row is complete"),
         (lambda p, f: (p, f.to_numpy()), InputError, "DataFrame"),
     ],
 )
@@ -246,6 +247,22 @@ def test_bad_features_raise_clear_errors(change, error, match) -> None:
     p, f = change(prices, features)
     with pytest.raises(error, match=match):
         DROPortfolio(layer="nominal", end_to_end=False, error_window=10).fit(p, f)
+
+
+def test_features_that_start_after_the_prices_drop_the_leading_rows() -> None:
+    prices, features = planted(T=80)
+    late = features.copy()
+    late.iloc[:7] = np.nan  # e.g. a factor series that begins later than the prices
+    kw = {"layer": "nominal", "end_to_end": False, "error_window": 20, "periods_per_year": 52}
+    a = DROPortfolio(**kw).fit(prices, late)
+    b = DROPortfolio(**kw).fit(prices.iloc[7:], features.iloc[7:])
+    for p, q in zip(a.net_.parameters(), b.net_.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(
+        a.weights(prices, None, late), b.weights(prices.iloc[7:], None, features.iloc[7:])
+    )
+    with pytest.raises(DataError, match="after their first complete row"):  # a gap later is not dropped
+        DROPortfolio(**kw).fit(prices, late.assign(f0=np.where(np.arange(80) == 40, np.nan, late["f0"])))
 
 
 def test_bad_settings_raise_config_errors() -> None:
