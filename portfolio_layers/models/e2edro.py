@@ -342,7 +342,8 @@ class DROPortfolio:
             if panel.rows - 1 < self.error_window:
                 raise DataError(
                     f"{where}: {panel.rows} price rows with features hold fewer than N = "
-                    f"{self.error_window} prediction errors; give at least {self.error_window + 1} rows (lookback >= {self.error_window})"
+                    f"{self.error_window} prediction errors; give at least {self.error_window + 1} rows "
+                    f"(lookback >= {self.error_window})"
                 )
             with torch.no_grad():
                 z, _ = self.net_(panel, torch.tensor([panel.rows - 1]))
