@@ -88,6 +88,8 @@ class InteriorPoint:
         ``mu`` has dropped 10x); a successful polish finishes the element. 0 disables polishing.
     polish_eps : float
         Feasibility / dual-sign tolerance for accepting a polished point.
+    polish_rounds : int
+        Active-set corrections allowed per polish (:func:`~portfolio_layers.qp.polish.polish_corrected`).
     """
 
     tol: float = 1e-9
@@ -96,6 +98,7 @@ class InteriorPoint:
     shift: float = 1e-13
     polish_mu: float = 1e-6
     polish_eps: float = 1e-9
+    polish_rounds: int = 10
 
     def solve(self, data: QPData, warm_start: IPMState | None = None) -> IPMResult:
         """Solve the batch ``data`` (normalized as described in the module docstring).
@@ -175,11 +178,13 @@ class InteriorPoint:
         chunks ``(indices into the batch, Polished)``.
         """
         dt, s_t = d.take(t), st.take(t)
-        guess, run = (
-            (guess_active, polish_corrected) if d.l1 is None else (guess_split, polish_split_corrected)
-        )
-        act = guess(dt, s_t.x, s_t.s, s_t.lam, s_t.zl, s_t.zu)
-        parts = [(t[k], pol) for k, pol in run(dt, act, self.shift, self.polish_eps)]
+        if d.l1 is None:
+            act = guess_active(dt, s_t.x, s_t.s, s_t.lam, s_t.zl, s_t.zu)
+            done = polish_corrected(dt, act, self.shift, self.polish_eps, self.polish_rounds)
+        else:
+            act = guess_split(dt, s_t.x, s_t.s, s_t.lam, s_t.zl, s_t.zu)
+            done = polish_split_corrected(dt, act, self.shift, self.polish_eps)
+        parts = [(t[k], pol) for k, pol in done]
         if not parts:
             return st, r, parts
         good = torch.zeros(st.x.shape[0], dtype=torch.bool, device=st.x.device)
