@@ -53,7 +53,8 @@ _SHARPE_TESTS = {
 _BEST_EPOCH = (
     "best_epoch: the epoch (counted from 0) whose parameters were kept, the one with the lowest validation "
     "loss. <b>-1</b> means that no epoch beat the validation loss of the parameters the fit started from "
-    "(the initialisation, or for a re-fit the previous fit's model), so those were kept unchanged"
+    "(the initialisation, or for a re-fit the previous fit's model), so those were kept unchanged; <b>-2</b> "
+    "means that equal weight (the model with the gate of its prior at 0) beat both and was kept"
 )
 
 
@@ -143,8 +144,9 @@ def diagnostics_html(name: str, key: str, frame: pd.DataFrame) -> str:
     """Heading, notes, the full table (folded when long) and the panels of one diagnostics frame."""
     parts = [f"<h3>{html.escape(name)}: {html.escape(key)}</h3>"]
     if "best_epoch" in frame.columns:
-        initial = int((frame["best_epoch"] == -1).sum())
-        parts.append(f"<p class='note'>{_BEST_EPOCH} ({initial} of {len(frame)} rows here have -1).</p>")
+        initial, equal = (int((frame["best_epoch"] == k).sum()) for k in (-1, -2))
+        counts = f"{initial} of {len(frame)} rows here have -1, {equal} have -2"
+        parts.append(f"<p class='note'>{_BEST_EPOCH} ({counts}).</p>")
     table = table_html(frame)
     if len(frame) > FOLD_ROWS:
         table = (
@@ -271,8 +273,8 @@ def diagnostics_figure(title: str, frame: pd.DataFrame) -> Figure | None:
                 x, part[col].to_numpy(dtype=float), linewidth=1, marker=marker, ms=3, color=color, label=label
             )
         name = str(col)
-        if col == "best_epoch" and (frame[col] == -1).any():
-            name += " (-1: initial kept)"
+        if col == "best_epoch" and (frame[col] < 0).any():
+            name += " (-1: initial kept, -2: equal weight)"
             ax.axhline(-1, color="gray", linewidth=0.8, linestyle=":")
         ax.set_title(name, fontsize=9)
         ax.grid(alpha=0.3)

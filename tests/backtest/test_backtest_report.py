@@ -128,9 +128,10 @@ def test_long_training_table_shows_every_row():
 def test_best_epoch_minus_one_is_explained():
     fragment = diagnostics_html("learner", "fits", _fits())
     assert re.search(r"<b>-1</b> means that no epoch beat the validation loss of the parameters", fragment)
-    assert "(2 of 5 rows here have -1)" in fragment
+    assert "(2 of 5 rows here have -1, 0 have -2)" in fragment
+    assert "<b>-2</b> means that equal weight" in fragment
     fig = diagnostics_figure("learner: fits", _fits())
-    assert any("-1: initial kept" in ax.get_title() for ax in fig.axes)
+    assert any("-1: initial kept, -2: equal weight" in ax.get_title() for ax in fig.axes)
 
 
 def test_per_fit_panels_draw_every_fit_with_markers():
@@ -138,7 +139,7 @@ def test_per_fit_panels_draw_every_fit_with_markers():
     fig.draw_without_rendering()
     panels = [ax for ax in fig.axes if ax.get_visible() and ax.lines]
     assert {ax.get_title() for ax in panels} == {
-        "best_epoch (-1: initial kept)",
+        "best_epoch (-1: initial kept, -2: equal weight)",
         "epochs",
         "stopped_early",
         "seconds",
