@@ -57,6 +57,14 @@ class _Problem:
     def residual(self, x: Tensor, x_extra: Tensor | None = None) -> Tensor:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def _equal_weight(self) -> tuple[Tensor, Tensor, Tensor]:
+        """The starting point's ``z = 1/n`` ``(B, n)``, ``c`` the mean of ``E z`` ``(B,)`` and the losses
+        ``(E z - c)^2`` ``(B, N)``."""
+        z = torch.full((self.B, self.n), 1.0 / self.n, dtype=self.E.dtype, device=self.E.device)
+        a = (self.E @ z[..., None]).squeeze(-1)
+        c = a.mean(-1)
+        return z, c, (a - c[:, None]).square()
+
     def _losses(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``a = E z - c`` and ``l = a^2``, each ``(B, N)``."""
         n = self.n
@@ -91,11 +99,7 @@ class HellingerProblem(_Problem):
         self.general = torch.zeros(self.m, dtype=torch.bool, device=E.device)  # all bounds
 
     def start(self) -> Tensor:
-        n = self.n
-        z = torch.full((self.B, n), 1.0 / n, dtype=self.E.dtype, device=self.E.device)
-        a = (self.E @ z[..., None]).squeeze(-1)
-        c = a.mean(-1)
-        loss = (a - c[:, None]).square()
+        z, c, loss = self._equal_weight()
         xi = loss.mean(-1)
         spread = loss.amax(-1) - xi
         lam = torch.maximum((loss.var(-1, correction=0) / self.delta).sqrt(), 2.0 * spread) + 1e-3 * (
@@ -198,11 +202,7 @@ class TVProblem(_Problem):
         self.general[3 * self.N : 3 * self.N + self.n] = False  # z >= 0
 
     def start(self) -> Tensor:
-        n = self.n
-        z = torch.full((self.B, n), 1.0 / n, dtype=self.E.dtype, device=self.E.device)
-        a = (self.E @ z[..., None]).squeeze(-1)
-        c = a.mean(-1)
-        loss = (a - c[:, None]).square()
+        z, c, loss = self._equal_weight()
         scale = 1.0 + loss.mean(-1)
         v = loss.amax(-1) + scale
         t = 0.5 * loss.mean(-1)
