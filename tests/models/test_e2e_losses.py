@@ -17,18 +17,7 @@ from portfolio_layers.models.losses import (
     turnover,
 )
 from portfolio_layers.models.samples import drift_weights
-
-
-def _engine_returns(w, R, prev, cost_bps):
-    """The engine's recursion written out by hand: r = h.R, h <- h (1 + R) / (1 + r), cost on row 1."""
-    h = w.copy()
-    out = []
-    for row in R:
-        r = float(h @ row)
-        out.append(r)
-        h = h * (1 + row) / (1 + r)
-    out[0] -= cost_bps / 1e4 * np.abs(w - prev).sum()
-    return np.array(out), h
+from tests.models.conftest import engine_returns
 
 
 def test_portfolio_returns_replays_the_engine_with_drift_and_cost():
@@ -39,7 +28,7 @@ def test_portfolio_returns_replays_the_engine_with_drift_and_cost():
     got = portfolio_returns(torch.tensor(w), torch.tensor(R), torch.tensor(prev), cost_bps=25.0).numpy()
     drifted = drift_weights(torch.tensor(w), torch.tensor(R)).numpy()
     for b in range(3):
-        expected, h = _engine_returns(w[b], R[b], prev[b], 25.0)
+        expected, h = engine_returns(w[b], R[b], prev[b], 25.0)
         np.testing.assert_allclose(got[b], expected, rtol=1e-12, atol=1e-14)
         np.testing.assert_allclose(drifted[b], h, rtol=1e-12)
 

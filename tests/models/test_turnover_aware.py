@@ -17,6 +17,7 @@ from portfolio_layers.models.samples import WindowData
 from portfolio_layers.models.strategy import E2EPortfolio
 from portfolio_layers.models.synthetic import planted_market
 from portfolio_layers.models.training import TrainConfig, batch_loss, chain_returns, split_rows, train
+from tests.models.conftest import engine_returns
 
 F64 = torch.float64
 
@@ -173,18 +174,6 @@ def test_chain_batches_hold_consecutive_rebalances():
     torch.testing.assert_close(batch.future, batch.chain_future[:, -1])
 
 
-def _engine_returns(w, R, prev, cost_bps):
-    """The engine's recursion by hand: r = h.R, h <- h (1 + R) / (1 + r), the cost on the first row."""
-    h = w.copy()
-    out = []
-    for row in R:
-        r = float(h @ row)
-        out.append(r)
-        h = h * (1 + row) / (1 + r)
-    out[0] -= cost_bps / 1e4 * np.abs(w - prev).sum()
-    return out, h
-
-
 def test_chained_loss_equals_the_engines_net_returns():
     data = _chain_data(chain=3)
     net = _net()
@@ -193,13 +182,13 @@ def test_chained_loss_equals_the_engines_net_returns():
         returns, _, _, _ = chain_returns(net, batch, 10.0)
         for b in range(3):
             w0 = net(batch.chain_x[b : b + 1, 0], batch.chain_cov[b : b + 1, 0]).weights[0].numpy()
-            _, h = _engine_returns(w0, batch.drift[b, 0].numpy(), w0, 0.0)  # drift of the starting decision
+            _, h = engine_returns(w0, batch.drift[b, 0].numpy(), w0, 0.0)  # drift of the starting decision
             expected = []
             for j in range(1, 4):
                 prev = torch.as_tensor(h)[None]
                 w = net(batch.chain_x[b : b + 1, j], batch.chain_cov[b : b + 1, j], prev).weights[0].numpy()
-                r, h = _engine_returns(w, batch.chain_future[b, j - 1].numpy(), h, 10.0)
-                expected += r
+                r, h = engine_returns(w, batch.chain_future[b, j - 1].numpy(), h, 10.0)
+                expected.extend(r)
             np.testing.assert_allclose(returns[b].numpy(), expected, rtol=1e-10, atol=1e-13)
         config = TrainConfig(cost_bps=10.0, chain=3)
         loss, _ = batch_loss(net, batch, config)
