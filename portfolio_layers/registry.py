@@ -70,7 +70,8 @@ def _learned(encoder: str, loss: str) -> Entry:
 #: same network trained on the MSE of its forecasts, then the same QP (predict-then-optimize). The E2E-DRO
 #: family (:class:`~portfolio_layers.models.e2edro.DROPortfolio`, needs features): ``pto_nominal``
 #: (least-squares predictions into the nominal layer), ``e2e_nominal`` and ``e2e_dro`` (Hellinger robust
-#: layer), trained end to end.
+#: layer), trained end to end; ``e2e_nominal_deq`` and ``e2e_dro_deq`` add a DEQ encoder of the price history
+#: to their linear prediction.
 STRATEGIES: Mapping[str, Entry] = MappingProxyType(
     {
         "equal_weight": Entry(EqualWeight),
@@ -84,6 +85,12 @@ STRATEGIES: Mapping[str, Entry] = MappingProxyType(
         "pto_nominal": Entry(DROPortfolio, MappingProxyType({"layer": "nominal", "end_to_end": False})),
         "e2e_nominal": Entry(DROPortfolio, MappingProxyType({"layer": "nominal", "end_to_end": True})),
         "e2e_dro": Entry(DROPortfolio, MappingProxyType({"layer": "hellinger", "end_to_end": True})),
+        "e2e_nominal_deq": Entry(
+            DROPortfolio, MappingProxyType({"layer": "nominal", "end_to_end": True, "encoder": "deq"})
+        ),
+        "e2e_dro_deq": Entry(
+            DROPortfolio, MappingProxyType({"layer": "hellinger", "end_to_end": True, "encoder": "deq"})
+        ),
     }
 )
 

@@ -39,7 +39,7 @@ REPO = HERE.parents[1]
 CONFIG = HERE / "e2edro.toml"
 #: The paper's Sharpe ratios (test period 2013-01-25 .. 2021-10-01; data/e2edro/README.md).
 PAPER = {"equal_weight": 1.05, "pto_nominal": 0.88, "e2e_nominal": 1.24, "e2e_dro": 1.30}
-LEARNED = ("pto_nominal", "e2e_nominal", "e2e_dro")
+LEARNED = ("pto_nominal", "e2e_nominal", "e2e_dro", "e2e_nominal_deq", "e2e_dro_deq")
 #: The quick mode: half a year of trading on a 40-week rolling window, a 26-week risk window, two epochs.
 QUICK = {
     "start": "2009-06-01",

@@ -64,6 +64,30 @@ class TemporalInjection(nn.Module):
         pooled = torch.einsum("kt,btnd->bnkd", w, h).reshape(B, n, -1)
         return self.out(pooled)
 
+    def rolling(self, x: Tensor, T: int) -> Tensor:
+        """``forward`` of every window of ``T`` consecutive rows of one series, each row's work done once.
+
+        Parameters
+        ----------
+        x : Tensor of shape (P, n, F)
+            Consecutive rows, ``P >= T``.
+        T : int
+            Window length.
+
+        Returns
+        -------
+        Tensor of shape (P - T + 1, n, d)
+            Element ``s`` equals ``forward(x[s : s + T][None])[0]`` (the windows share the per-row
+            projection; the pooling is a convolution over rows).
+        """
+        P, n, _ = x.shape
+        h = nn.functional.gelu(self.inp(x))  # (P, n, d)
+        d = h.shape[-1]
+        w = self.pooling_weights(T, x.dtype, x.device)  # (K, T)
+        pooled = nn.functional.conv1d(h.permute(1, 2, 0).reshape(n * d, 1, P), w[:, None, :])
+        pooled = pooled.reshape(n, d, len(w), P - T + 1).permute(3, 0, 2, 1).reshape(P - T + 1, n, -1)
+        return self.out(pooled)
+
 
 class MixingCell(nn.Module):
     """The equilibrium map ``f(z; u)`` mixing assets (module docstring); ``z, u`` of shape (batch, n, d)."""
@@ -237,7 +261,31 @@ class DEQEncoder(nn.Module):
         ``solver`` and ``adjoint`` replace the encoder's own for this call.
         """
         self._check(x)
-        u = self.inject(x)
+        return self.equilibrium(self.inject(x), solver=solver, adjoint=adjoint)
+
+    def rolling(
+        self, x: Tensor, T: int, *, solver: SolverLike | None = None, adjoint: Adjoint | None = None
+    ) -> tuple[Tensor, DEQInfo]:
+        """``forward`` of every window of ``T`` consecutive rows of ``x`` of shape (P, n, F).
+
+        Returns ``emb`` of shape (P - T + 1, n, d_model), element ``s`` from rows ``s .. s + T - 1``: the
+        same as ``forward`` of the stacked windows, with each row projected once
+        (:meth:`TemporalInjection.rolling`), for models that embed every row of a long history.
+        """
+        if isinstance(x, Tensor) and x.dim() != 3:
+            raise ShapeError(
+                f"DEQEncoder.rolling expects the rows of one series, x of shape (P, n, F={self.n_features}), "
+                f"got {tuple(x.shape)}; for a batch of windows call the encoder itself."
+            )
+        if isinstance(x, Tensor) and not 1 <= T <= x.shape[0]:
+            raise ShapeError(f"rolling windows of T = {T} rows need 1 <= T <= {x.shape[0]} (the rows of x).")
+        self._check(x[None] if isinstance(x, Tensor) else x)
+        return self.equilibrium(self.inject.rolling(x, T), solver=solver, adjoint=adjoint)
+
+    def equilibrium(
+        self, u: Tensor, *, solver: SolverLike | None = None, adjoint: Adjoint | None = None
+    ) -> tuple[Tensor, DEQInfo]:
+        """``LayerNorm(z*)`` at the fixed point of the cell with injection ``u`` of shape (batch, n, d)."""
         prepared = self.cell.prepare(u)  # capped weights computed once, with autograd on
 
         def f(z: Tensor) -> Tensor:

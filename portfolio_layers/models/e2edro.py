@@ -8,7 +8,10 @@ long-only, fully invested weights with a decision layer of :mod:`portfolio_layer
 - ``pto_nominal``: predict-then-optimize, ``(W, b)`` by least squares on the training rows, ``gamma`` fixed
   at its initial value, the nominal layer (no training);
 - ``e2e_nominal``: ``(W, b)`` and ``gamma`` trained end to end through the nominal layer;
-- ``e2e_dro``: ``(W, b)``, ``gamma`` and ``delta`` trained end to end through the Hellinger robust layer.
+- ``e2e_dro``: ``(W, b)``, ``gamma`` and ``delta`` trained end to end through the Hellinger robust layer;
+- ``e2e_nominal_deq`` and ``e2e_dro_deq``: the same two with a DEQ encoder of the last ``history`` rows of
+  returns and features added to the linear prediction (``encoder="deq"``, see
+  :mod:`portfolio_layers.models.e2edro_net`; it starts at zero, so training begins from the linear model).
 
 Every fit starts afresh as in the authors' code: ``(W, b)`` from least squares on the rows it is given,
 ``gamma`` and ``delta`` at their initial values (drawn from ``seed`` as the paper does when not given), then
@@ -46,7 +49,10 @@ from portfolio_layers.models.e2edro_net import (
 )
 from portfolio_layers.models.losses import PERIODS_PER_YEAR
 
-__all__ = ["EPOCH_GRID", "LR_GRID", "DROPortfolio", "cross_validate", "make_panel"]
+__all__ = ["ENCODERS", "EPOCH_GRID", "LR_GRID", "DROPortfolio", "cross_validate", "make_panel"]
+
+#: Prediction layers of :class:`DROPortfolio`: the paper's linear one, or that plus a DEQ history encoder.
+ENCODERS = ("linear", "deq")
 
 
 def make_panel(
@@ -154,6 +160,13 @@ class DROPortfolio:
         Annualises the Sharpe ratio of the loss (52 for weekly data; a backtest passes its data's).
     num_threads : int, optional
         Torch intra-op threads during ``fit`` and ``weights`` (restored afterwards).
+    encoder : {"linear", "deq"}
+        The paper's linear prediction, or that plus a DEQ encoder of the price history (then every decision
+        needs ``error_window + history`` earlier rows: a backtest's ``lookback``).
+    history : int
+        ``L``, rows the DEQ encoder reads (weeks for weekly data).
+    d_model : int
+        Width of the DEQ encoder's embeddings.
     """
 
     name: str = "e2e_dro"
@@ -172,6 +185,9 @@ class DROPortfolio:
     seed: int = number(0, integer=True, low=0, high=2**32 - 1)
     periods_per_year: float = number(PERIODS_PER_YEAR, low=0, low_open=True)
     num_threads: int | None = number(1, integer=True, low=1, optional=True)
+    encoder: str = "linear"
+    history: int = number(52, integer=True, low=1)
+    d_model: int = number(16, integer=True, low=1)
     net_: DRONet | None = dataclasses.field(default=None, init=False)
     assets_: tuple[str, ...] | None = dataclasses.field(default=None, init=False)
     features_: tuple[str, ...] | None = dataclasses.field(default=None, init=False)
@@ -184,6 +200,8 @@ class DROPortfolio:
     def __post_init__(self) -> None:
         if self.layer not in LAYERS:
             raise ConfigError(f"{self.name}: unknown layer {self.layer!r}; choose one of {LAYERS}")
+        if self.encoder not in ENCODERS:
+            raise ConfigError(f"{self.name}: unknown encoder {self.encoder!r}; choose one of {ENCODERS}")
         if not isinstance(self.end_to_end, bool):
             raise ConfigError(f"{self.name}: end_to_end must be true or false, got {self.end_to_end!r}")
         check_fields(self)
@@ -198,7 +216,15 @@ class DROPortfolio:
         self.lr_, self.epochs_ = self.lr, self.epochs
 
     def __repr__(self) -> str:
-        return f"DROPortfolio(name={self.name!r}, layer={self.layer!r}, end_to_end={self.end_to_end})"
+        return (
+            f"DROPortfolio(name={self.name!r}, layer={self.layer!r}, end_to_end={self.end_to_end}, "
+            f"encoder={self.encoder!r})"
+        )
+
+    @property
+    def history_rows(self) -> int:
+        """Rows of history the prediction layer reads (0 for the linear one)."""
+        return self.history if self.encoder == "deq" else 0
 
     # -- fitting ------------------------------------------------------------------------------------
 
@@ -231,6 +257,9 @@ class DROPortfolio:
             gamma=gamma,
             delta=delta,
             learn=learn,
+            history=self.history_rows,
+            d_model=self.d_model,
+            scales=(float(panel.r[1:].std()), panel.x.std(0)),
         )
         net.set_theta(*least_squares(panel.x, panel.r))
         return net
@@ -339,11 +368,13 @@ class DROPortfolio:
             check_prices(prices, where, self.assets_)
             previous_weights(current, len(self.assets_), where)
             panel = make_panel(prices, features, where, self.features_)
-            if panel.rows - 1 < self.error_window:
+            need = self.error_window + self.history_rows
+            if panel.rows - 1 < need:
+                history = f" and the encoder's {self.history_rows} rows of history" * bool(self.history_rows)
                 raise DataError(
-                    f"{where}: {panel.rows} price rows with features hold fewer than N = "
-                    f"{self.error_window} prediction errors; give at least {self.error_window + 1} rows "
-                    f"(lookback >= {self.error_window})"
+                    f"{where}: {panel.rows} price rows with features are too few for N = "
+                    f"{self.error_window} prediction errors{history}; give at least {need + 1} rows "
+                    f"(lookback >= {need})"
                 )
             with torch.no_grad():
                 z, _ = self.net_(panel, torch.tensor([panel.rows - 1]))

@@ -16,6 +16,14 @@ weights ``z`` over the next ``H`` rows ``u+1 .. u+H`` (``sum_i z_i r[s, i]`` on 
 to ``z`` every row, as the authors' code scores it; annualised here with ``sqrt(periods_per_year)``), plus
 ``mse_weight / n`` times the mean squared error of ``y_hat[u]`` against ``r[u+1]`` (the authors' code
 divides its factor 0.5 by the number of assets ``n`` in the same way).
+
+With ``history = L > 0`` the prediction also reads the price history through this package's DEQ encoder:
+``y_hat[s] = W x[s] + b + sigma / sqrt(d) * v' emb[s]``, where ``emb[s]`` (shape (n, d)) is
+:class:`~portfolio_layers.deq.encoder.DEQEncoder` applied to the rows ``s-L+1 .. s``, each asset seeing its
+own return and the features of the row (standardised by the training rows' scales), ``v`` a vector shared by
+the assets (zero at the start, so an untrained network predicts as the linear one) and ``sigma`` the
+training returns' standard deviation. Rows before the panel's first return read as zeros; a decision with
+``N + L`` earlier rows reads none of them (``DROPortfolio.weights`` asks for that many).
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from portfolio_layers.deq.encoder import DEQEncoder
 from portfolio_layers.errors import ConfigError, DataError, ShapeError, SolverError
 from portfolio_layers.models.dro import dro_layer, error_windows, nominal_layer
 
@@ -180,7 +189,16 @@ class DRONet(nn.Module):
     gamma, delta : float
         Initial risk-return trade-off and ambiguity size (``delta`` unused by the nominal layer).
     learn : tuple of str
-        Parameters that carry gradients, among ``"theta"`` (``W`` and ``b``), ``"gamma"``, ``"delta"``.
+        Parameters that carry gradients, among ``"theta"`` (``W``, ``b`` and the history encoder),
+        ``"gamma"``, ``"delta"``.
+    history : int
+        ``L``, rows of price history read by the DEQ encoder (module docstring); 0 for the paper's linear
+        prediction.
+    d_model : int
+        Width ``d`` of the encoder's embeddings.
+    scales : (float, Tensor of shape (d,)), optional
+        Standard deviations of the returns and of each feature that standardise the encoder's inputs (and
+        ``sigma``); required when ``history > 0`` (take them from the training rows).
     """
 
     def __init__(
@@ -193,6 +211,9 @@ class DRONet(nn.Module):
         gamma: float,
         delta: float | None,
         learn: tuple[str, ...] = ("theta", "gamma", "delta"),
+        history: int = 0,
+        d_model: int = 16,
+        scales: tuple[float, Tensor] | None = None,
     ) -> None:
         super().__init__()
         if layer not in LAYERS:
@@ -209,6 +230,30 @@ class DRONet(nn.Module):
             torch.tensor(float(delta) if robust else 0.0, dtype=f64), robust and "delta" in learn
         )
         self.fallbacks = 0
+        self.history = int(history)
+        self.encoder: DEQEncoder | None = None
+        if self.history > 0:
+            if scales is None:
+                raise ConfigError("a history encoder needs the scales of the training returns and features")
+            self.encoder = DEQEncoder(1 + n_features, d_model).double()
+            self.head = nn.Linear(d_model, 1, bias=False, dtype=f64)
+            nn.init.zeros_(self.head.weight)
+            scale_x = torch.as_tensor(scales[1], dtype=f64).clamp_min(1e-12)
+            self.register_buffer("scale_r", torch.tensor(max(float(scales[0]), 1e-12), dtype=f64))
+            self.register_buffer("scale_x", scale_x)
+            for p in [*self.encoder.parameters(), *self.head.parameters()]:
+                p.requires_grad_("theta" in learn)
+
+    def history_term(self, panel: Panel, first: int, last: int) -> Tensor:
+        """The encoder's part of ``y_hat[s]`` for rows ``s = first .. last - 1``, shape (last - first, n)."""
+        L = self.history
+        n = panel.r.shape[1]
+        r = torch.cat([panel.r.new_zeros(L - 1, n), panel.r[:last]]) / self.scale_r  # r[0] = 0 is unused
+        x = torch.cat([panel.x.new_zeros(L - 1, panel.x.shape[1]), panel.x[:last]]) / self.scale_x
+        rows = slice(first, last + L - 1)  # row s of the panel at s + L - 1: windows of rows s-L+1 .. s
+        inputs = torch.cat([r[rows, :, None], x[rows, None, :].expand(-1, n, -1)], -1)  # (S + L - 1, n, 1+d)
+        emb, _ = self.encoder.rolling(inputs, L)
+        return self.head(emb)[..., 0] * (self.scale_r / math.sqrt(emb.shape[-1]))
 
     def set_theta(self, weight: Tensor, bias: Tensor) -> None:
         """Copy prediction weights (for example :func:`least_squares`) into the layer."""
@@ -245,6 +290,9 @@ class DRONet(nn.Module):
             raise DataError(f"a decision at row {int(rows.min())} needs N = {self.N} earlier error rows")
         last = int(rows.max()) + 1
         y_all = panel.x[:last] @ self.weight.T + self.bias  # (last, n): y_hat[s] predicts r[s + 1]
+        if self.encoder is not None:
+            first = int(rows.min()) - self.N  # the earliest prediction a risk window uses
+            y_all = torch.cat([y_all[:first], y_all[first:] + self.history_term(panel, first, last)])
         errors = panel.r[1:last] - y_all[:-1]  # errors[i] = eps[i + 1]
         windows = error_windows(errors, self.N)[rows - self.N]  # eps[u - N + 1 .. u]
         y_hat = y_all[rows]

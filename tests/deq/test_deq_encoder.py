@@ -177,3 +177,26 @@ def test_asset_graph_is_the_normalized_similarity_and_stable_for_far_apart_asset
     (grad,) = torch.autograd.grad(A.sum(), u)
     assert torch.isfinite(A).all() and torch.isfinite(grad).all()
     assert torch.allclose(A, A.transpose(-1, -2)) and float(A.detach().max()) <= 1.0 + 1e-12
+
+
+def test_rolling_equals_the_encoder_on_each_window():
+    enc = make()
+    rows = window(B=1, T=40, n=5)[0]  # one series of 40 rows
+    T = 12
+    emb, info = enc.rolling(rows, T)
+    windows = torch.stack([rows[s : s + T] for s in range(40 - T + 1)])
+    expected, _ = enc(windows)
+    assert emb.shape == (40 - T + 1, 5, 8) and bool(info.solution.converged.all())
+    torch.testing.assert_close(emb, expected, rtol=0, atol=1e-12)
+    assert (emb[0] - emb[-1]).abs().max() > 1e-3  # the windows differ
+    (g_roll,) = torch.autograd.grad(emb.square().sum(), enc.inject.inp.weight)
+    (g_win,) = torch.autograd.grad(enc(windows)[0].square().sum(), enc.inject.inp.weight)
+    torch.testing.assert_close(g_roll, g_win, rtol=1e-9, atol=1e-10)
+
+
+def test_rolling_bad_input():
+    enc = make()
+    with pytest.raises(ShapeError, match=r"\(P, n, F=4\)"):
+        enc.rolling(window(), 5)
+    with pytest.raises(ShapeError, match="1 <= T <= 15"):
+        enc.rolling(window()[0], 16)

@@ -321,3 +321,109 @@ def test_failed_robust_elements_are_solved_again_as_cone_programs(monkeypatch) -
     )
     with pytest.raises(SolverError):
         net(panel, rows)
+
+
+# -- the DEQ prediction layer (encoder="deq") ------------------------------------------------------------
+
+
+def deq_net(panel, *, N: int = 10, L: int = 6, layer: str = "nominal") -> DRONet:
+    torch.manual_seed(0)
+    net = DRONet(
+        panel.x.shape[1],
+        panel.r.shape[1],
+        layer=layer,
+        N=N,
+        gamma=0.05,
+        delta=0.2 if layer != "nominal" else None,
+        history=L,
+        d_model=4,
+        scales=(float(panel.r[1:].std()), panel.x.std(0)),
+    )
+    net.set_theta(*least_squares(panel.x, panel.r))
+    return net
+
+
+def test_untrained_deq_prediction_is_the_linear_one_and_training_moves_the_encoder() -> None:
+    prices, features = planted(T=60)
+    panel = make_panel(prices, features, "test")
+    net = deq_net(panel)
+    linear = DRONet(3, 4, layer="nominal", N=10, gamma=0.05, delta=None)
+    linear.set_theta(*least_squares(panel.x, panel.r))
+    rows = torch.arange(10, 50)
+    with torch.no_grad():
+        torch.testing.assert_close(net(panel, rows)[0], linear(panel, rows)[0], rtol=0, atol=1e-9)
+    before = [p.detach().clone() for p in net.encoder.parameters()]
+    train_net(net, panel, rows, settings(epochs=4))
+    assert net.head.weight.abs().max() > 0
+    assert any((p - q).abs().max() > 0 for p, q in zip(net.encoder.parameters(), before, strict=True))
+
+
+def test_deq_prediction_sees_no_later_row_and_reads_its_history() -> None:
+    """The decision at row u reads rows u - N - L + 1 .. u (N errors, each with L rows of history)."""
+    prices, features = planted(T=60)
+    panel = make_panel(prices, features, "test")
+    net = deq_net(panel)
+    with torch.no_grad():
+        net.head.weight.normal_(generator=torch.Generator().manual_seed(2))
+    u, N, L = 40, 10, 6
+
+    def decision(r: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return net(Panel(x, r), torch.tensor([u]))[0][0]
+
+    base = decision(panel.r, panel.x)
+    later_r, later_x = panel.r.clone(), panel.x.clone()
+    later_r[u + 1 :] += 0.5
+    later_x[u + 1 :] += 0.5
+    torch.testing.assert_close(decision(later_r, later_x), base, rtol=0, atol=1e-12)
+    early = panel.r.clone()
+    early[u - N - L + 1] += 0.5  # the oldest row the history of the oldest error reads
+    assert (decision(early, panel.x) - base).abs().max() > 1e-8
+    earlier = panel.r.clone()
+    earlier[: u - N - L + 1] += 0.5
+    torch.testing.assert_close(decision(earlier, panel.x), base, rtol=0, atol=1e-12)
+
+
+def test_deq_prediction_gradient_matches_finite_differences() -> None:
+    prices, features = planted(T=50, n=3, d=2)
+    panel = make_panel(prices, features, "test")
+    net = deq_net(panel)
+    with torch.no_grad():
+        net.head.weight.normal_(generator=torch.Generator().manual_seed(2))
+    rows = torch.arange(10, 40)
+    cfg = settings()
+    param = net.encoder.inject.inp.weight
+    (grad,) = torch.autograd.grad(panel_loss(net, panel, rows, cfg), param)
+    direction = torch.randn(param.shape, generator=torch.Generator().manual_seed(3), dtype=F64)
+    start, h, values = param.detach().clone(), 1e-5, []
+    for sign in (1, -1):
+        with torch.no_grad():
+            param.copy_(start + sign * h * direction)
+            values.append(float(panel_loss(net, panel, rows, cfg)))
+    fd = (values[0] - values[1]) / (2 * h)
+    assert abs(fd) > 1e-4
+    assert float((grad * direction).sum()) == pytest.approx(fd, rel=1e-3)
+
+
+def test_deq_strategy_needs_the_history_rows_and_the_registry_names_it() -> None:
+    prices, features = planted(T=80)
+    s = make_strategy(
+        "e2e_nominal_deq",
+        error_window=20,
+        history=8,
+        d_model=4,
+        horizon=4,
+        lr=0.02,
+        epochs=2,
+        periods_per_year=52,
+    )
+    assert (s.layer, s.end_to_end, s.encoder) == ("nominal", True, "deq")
+    assert make_strategy("e2e_dro_deq").layer == "hellinger"
+    s.fit(prices, features)
+    w = s.weights(prices.iloc[-29:], None, features.iloc[-29:])
+    assert w.min() >= 0 and w.sum() == pytest.approx(1.0)
+    np.testing.assert_allclose(w, s.weights(prices, None, features), atol=1e-9)
+    with pytest.raises(DataError, match=r"encoder's 8 rows of history.*lookback >= 28"):
+        s.weights(prices.iloc[-28:], None, features.iloc[-28:])
+    with pytest.raises(ConfigError, match="unknown encoder"):
+        DROPortfolio(encoder="lstm")
