@@ -40,17 +40,19 @@ CONFIG = HERE / "e2edro.toml"
 #: The paper's Sharpe ratios (test period 2013-01-25 .. 2021-10-01; data/e2edro/README.md).
 PAPER = {"equal_weight": 1.05, "pto_nominal": 0.88, "e2e_nominal": 1.24, "e2e_dro": 1.30}
 LEARNED = ("pto_nominal", "e2e_nominal", "e2e_dro", "e2e_nominal_deq", "e2e_dro_deq")
-#: The quick mode: half a year of trading on a 40-week rolling window, a 26-week risk window, two epochs.
+#: The quick mode: half a year of trading on a 40-week rolling window, a 26-week risk window (each error with
+#: 8 weeks of history for the DEQ prediction layers), two epochs.
 QUICK = {
     "start": "2009-06-01",
     "end": "2012-12-31",
     "trade_start": "2012-07-06",
-    "lookback": 26,
+    "lookback": 34,
     "retrain_every": 13,
     "window": "rolling",
     "train_window": 40,
 }
 QUICK_PARAMS = {"error_window": 26, "horizon": 4, "lr": 0.02, "epochs": 2}
+QUICK_HISTORY = {"history": 8}
 
 
 def geometric_sharpe(returns: pd.Series | np.ndarray, periods_per_year: float = 52) -> float:
@@ -98,7 +100,11 @@ def load_config(
     ``epochs`` fix those of the end-to-end strategies (which then skip the cross-validation)."""
     config = BacktestConfig.from_toml(path)
     if quick:
-        params = {name: dict(QUICK_PARAMS) for name in config.strategies if name in LEARNED}
+        params = {
+            name: {**QUICK_PARAMS, **(QUICK_HISTORY if name.endswith("_deq") else {})}
+            for name in config.strategies
+            if name in LEARNED
+        }
         config = dataclasses.replace(config, **QUICK, params=params)
     fixed = {k: v for k, v in (("lr", lr), ("epochs", epochs)) if v is not None}
     if fixed:

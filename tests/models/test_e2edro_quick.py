@@ -47,3 +47,13 @@ def test_quick_mode_runs_every_strategy_through_the_engine(run, tmp_path, capsys
     assert len(fits) == 2 and (fits["epochs"] == 2).all() and fits["delta"].notna().all()
     out = capsys.readouterr().out
     assert "| e2e_dro | 1 (0) |" in out and "1.30" in out
+
+
+def test_quick_mode_of_the_deq_prediction_layers(run, tmp_path) -> None:
+    config = run.HERE / "deq_family.toml"
+    assert run.main(["--quick", "--config", str(config), "--seeds", "1", "--out", str(tmp_path)]) == 0
+    scores = pd.read_csv(tmp_path / "scores_seed1.csv")
+    assert scores["strategy"].tolist() == ["equal_weight", "e2e_nominal_deq", "e2e_dro_deq"]
+    assert (scores["weeks"] == 25).all() and np.isfinite(scores["score"]).all()
+    fits = pd.read_csv(tmp_path / "diagnostics_seed1_e2e_dro_deq_fits.csv")
+    assert len(fits) == 2 and (fits["epochs"] == 2).all()
