@@ -259,7 +259,7 @@ class DROPortfolio:
             learn=learn,
             history=self.history_rows,
             d_model=self.d_model,
-            scales=(float(panel.r[1:].std()), panel.x.std(0)),
+            scales=(float(panel.r[1:].std()), panel.x.std(0)) if self.history_rows else None,
         )
         net.set_theta(*least_squares(panel.x, panel.r))
         return net
