@@ -277,9 +277,9 @@ class DEQEncoder(nn.Module):
                 f"DEQEncoder.rolling expects the rows of one series, x of shape (P, n, F={self.n_features}), "
                 f"got {tuple(x.shape)}; for a batch of windows call the encoder itself."
             )
-        if isinstance(x, Tensor) and not 1 <= T <= x.shape[0]:
-            raise ShapeError(f"rolling windows of T = {T} rows need 1 <= T <= {x.shape[0]} (the rows of x).")
         self._check(x[None] if isinstance(x, Tensor) else x)
+        if not 1 <= T <= x.shape[0]:
+            raise ShapeError(f"rolling windows of T = {T} rows need 1 <= T <= {x.shape[0]} (the rows of x).")
         return self.equilibrium(self.inject.rolling(x, T), solver=solver, adjoint=adjoint)
 
     def equilibrium(
